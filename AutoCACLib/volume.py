@@ -1,0 +1,232 @@
+"""CT volumes: the array, its geometry and what we know of the acquisition.
+
+Axis conventions (used everywhere in AutoCACLib):
+
+* ``array`` is indexed ``[z, y, x]`` (slice, row, column), in Hounsfield units.
+* ``spacing`` is ``(z, y, x)`` in mm, in the order of the array axes
+  (scikit-image style), so ``spacing[0]`` is the slice increment.
+* ``origin`` and ``direction`` are ITK's: the physical LPS position (x, y, z) of voxel
+  ``[0, 0, 0]`` and the 3x3 matrix whose columns are the directions of the image's
+  x, y and z (column, row, slice) axes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+#: File name endings read as single-file images.
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+#: A CT image has air near -1000 HU; anything whose range does not reach below this is not
+#: a CT in Hounsfield units (for example a label map or an MR image).
+_MIN_AIR_HU = -500.0
+
+
+@dataclass
+class Volume:
+    """A 3D CT image with its geometry.
+
+    Parameters
+    ----------
+    array : ndarray, shape (z, y, x)
+        Attenuation in HU.
+    spacing : tuple of float
+        Voxel size (z, y, x) in mm.
+    origin : tuple of float
+        Physical LPS position (x, y, z) of voxel [0, 0, 0], in mm.
+    direction : ndarray, shape (3, 3)
+        ITK direction matrix (columns: image x, y, z axes in LPS).
+    kvp : float or None
+        Tube voltage in kV when known (DICOM (0018,0060) or a header field).
+    metadata : dict
+        Other acquisition facts we found (slice thickness, ECG gating, description...).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    kvp: float | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.array = np.asarray(self.array)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if self.array.ndim != 3:
+            raise InputError(f"expected a 3D image, got an array of shape {self.array.shape}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise InputError(f"invalid voxel spacing {self.spacing}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
+    def same_geometry(self, other: "Volume", tol: float = 1e-3) -> bool:
+        """True when ``other`` has the same grid (shape, spacing, origin, direction)."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=max(tol, 1e-2 * min(self.spacing)))
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """A volume on the same grid holding another array (labels, a filtered image)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(), self.kvp,
+                      dict(self.metadata))
+
+    # --- SimpleITK conversion -------------------------------------------------------
+    def to_sitk(self):
+        """The volume as a SimpleITK image (spacing, origin and direction kept)."""
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(tuple(reversed(self.spacing)))
+        image.SetOrigin(self.origin)
+        image.SetDirection(tuple(self.direction.ravel()))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image, kvp: float | None = None, metadata: dict | None = None) -> "Volume":
+        """Build a volume from a 3D SimpleITK image."""
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(
+                f"expected a 3D single-channel image, got {image.GetDimension()}D with "
+                f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+        import SimpleITK as sitk
+
+        array = sitk.GetArrayFromImage(image)
+        return cls(array, tuple(reversed(image.GetSpacing())), image.GetOrigin(),
+                   np.array(image.GetDirection()).reshape(3, 3), kvp, dict(metadata or {}))
+
+
+def _is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def _read_dicom_series(folder: Path):
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(f"no DICOM series found in folder {folder}")
+    # Take the series with the most slices (a folder may also hold a scout or dose report).
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    if len(files) < 2:
+        raise InputError(f"DICOM series in {folder} has a single slice: a 3D image is needed")
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    image = reader.Execute()
+
+    def tag(key):
+        return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else None
+
+    metadata = {k: v for k, v in {
+        "modality": tag("0008|0060"),
+        "manufacturer": tag("0008|0070"),
+        "series_description": tag("0008|103e"),
+        "slice_thickness_mm": tag("0018|0050"),
+        "convolution_kernel": tag("0018|1210"),
+        "cardiac_synchronization": tag("0018|9037") or tag("0018|1060"),
+        "contrast_agent": tag("0018|0010"),
+    }.items() if v}
+    kvp = tag("0018|0060")
+    try:
+        kvp = float(kvp) if kvp else None
+    except ValueError:
+        kvp = None
+    metadata["source_format"] = "dicom"
+    metadata["n_files"] = len(files)
+    return image, kvp, metadata
+
+
+def read_volume(path: str | os.PathLike, require_ct: bool = True) -> Volume:
+    """Read a CT volume from a NRRD, NIfTI or MetaImage file or a DICOM series folder.
+
+    Parameters
+    ----------
+    path : path-like
+        Image file or folder holding one DICOM series.
+    require_ct : bool
+        Check that the values look like Hounsfield units (air below -500 HU).
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    InputError
+        Missing path, unreadable or non-3D image, or (with ``require_ct``) no HU range.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    kvp, metadata = None, {}
+    try:
+        if path.is_dir():
+            image, kvp, metadata = _read_dicom_series(path)
+        else:
+            image = sitk.ReadImage(str(path))
+            metadata["source_format"] = path.suffix.lower().lstrip(".")
+            for key in ("kvp", "KVP", "autocac_kvp"):
+                if image.HasMetaDataKey(key):
+                    try:
+                        kvp = float(image.GetMetaData(key))
+                    except ValueError:
+                        pass
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in reversed(first) if ln.strip()), "unknown reader error")
+        raise InputError(f"cannot read image {path}: {detail.strip()[:200]}") from None
+    if image.GetDimension() == 2 or (image.GetDimension() == 3 and min(image.GetSize()) == 1):
+        raise InputError(f"{path} is a 2D image: AutoCAC needs a 3D CT volume")
+    volume = Volume.from_sitk(image, kvp=kvp, metadata=metadata)
+    volume.array = volume.array.astype(np.float32, copy=False)
+    if require_ct:
+        check_is_ct(volume, str(path))
+    return volume
+
+
+def check_is_ct(volume: Volume, name: str = "image") -> None:
+    """Raise InputError unless the volume's values look like CT Hounsfield units."""
+    a = volume.array
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise InputError(f"{name} contains non-finite values")
+    if lo > _MIN_AIR_HU or hi - lo < 500:
+        raise InputError(
+            f"{name} does not look like a CT in Hounsfield units (values {lo:.0f} to {hi:.0f}; "
+            f"air should be near -1000 HU)")
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a volume (NRRD, NIfTI or MetaImage by the file name); kVp goes into the header."""
+    import SimpleITK as sitk
+
+    image = volume.to_sitk()
+    if volume.kvp is not None:
+        image.SetMetaData("kvp", f"{volume.kvp:g}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), compress)
