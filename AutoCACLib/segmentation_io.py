@@ -52,6 +52,7 @@ def write_segmentation(path: str | os.PathLike, labels: np.ndarray, reference: V
         Also write segments with no voxel (so a user can paint into them in Slicer).
     """
     import slicerio
+    import slicerio.segmentation
 
     labels = np.asarray(labels)
     if labels.shape != reference.shape:
@@ -80,7 +81,7 @@ def write_segmentation(path: str | os.PathLike, labels: np.ndarray, reference: V
             "layer": 0,
             "color": list(spec.color),
             "extent": extent,
-            "terminology": slicerio.terminology_entry_from_string(spec.terminology()),
+            "terminology": slicerio.segmentation.terminology_entry_from_string(spec.terminology()),
             "status": "completed",
         })
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,7 @@ def read_segment_masks(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], 
         The segmentation's grid (its array is a placeholder of zeros).
     """
     import slicerio
+    import slicerio.segmentation
 
     path = Path(path)
     if not path.exists():

@@ -1,0 +1,154 @@
+"""The ``autocac`` command line.
+
+Every problem with the user's input ends in one line on stderr (``autocac: error: ...``) and
+exit status 2; no traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import AutoCACError, InputError
+
+
+def _add_scoring_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scoring conventions (standard CSCT defaults)")
+    g.add_argument("--threshold", type=float, default=130.0, metavar="HU",
+                   help="calcium threshold in HU (default 130)")
+    g.add_argument("--connectivity", type=int, choices=(4, 8), default=8,
+                   help="in-plane lesion connectivity (default 8: diagonal neighbours join)")
+    g.add_argument("--lesions", choices=("2d", "3d"), default="2d",
+                   help="lesions per axial slice (2d, default) or connected across slices (3d)")
+    g.add_argument("--min-area", type=float, default=1.0, metavar="MM2",
+                   help="smallest lesion area in mm^2 (default 1)")
+    g.add_argument("--min-pixels", type=int, default=None, metavar="N",
+                   help="also require at least N pixels per lesion")
+    g.add_argument("--no-slice-normalization", action="store_true",
+                   help="do not scale Agatston by slice increment / 3 mm")
+    g.add_argument("--kvp-specific", action="store_true",
+                   help="scale threshold and weight bins with the image's tube voltage")
+    g.add_argument("--kvp", type=float, default=None,
+                   help="tube voltage to assume when the image does not say")
+    g.add_argument("--mass-calibration", type=float, default=None, metavar="C",
+                   help="mg HA/cm^3 per HU, for the mass score")
+
+
+def _settings(args):
+    from .scoring import ScoringSettings
+
+    if not 0 < args.threshold < 200:
+        raise InputError(f"--threshold must be between 0 and 200 HU (weight 2 starts at 200), "
+                         f"got {args.threshold:g}")
+    return ScoringSettings(
+        threshold_hu=args.threshold,
+        weight_thresholds_hu=(args.threshold, 200.0, 300.0, 400.0),
+        connectivity=args.connectivity, lesion_dim=args.lesions, min_area_mm2=args.min_area,
+        min_area_pixels=args.min_pixels,
+        normalize_slice_increment=not args.no_slice_normalization,
+        kvp_specific=args.kvp_specific, mass_calibration=args.mass_calibration)
+
+
+def _cmd_score(args) -> int:
+    from .calcium_input import read_calcium_labels
+    from .results import scores_document, write_json
+    from .scoring import score_calcium
+    from .volume import read_volume
+
+    t0 = time.perf_counter()
+    settings = _settings(args)
+    image = read_volume(args.image)
+    t_read = time.perf_counter()
+    labels = read_calcium_labels(args.segmentation, image)
+    t_seg = time.perf_counter()
+    kvp = args.kvp if image.kvp is None else image.kvp
+    score = score_calcium(image.array, labels, image.spacing, settings, kvp=kvp)
+    t_score = time.perf_counter()
+    doc = scores_document(
+        score, timings_s={"read_image": t_read - t0, "read_segmentation": t_seg - t_read,
+                          "score": t_score - t_seg},
+        inputs={"image": str(args.image), "segmentation": str(args.segmentation),
+                "shape": list(image.shape), "spacing_mm": list(image.spacing), "kvp": kvp})
+    write_json(doc, args.out)
+    return 0
+
+
+def _cmd_agreement(args) -> int:
+    from .agreement import agreement_report
+    from .results import write_json
+
+    write_json(agreement_report(args.csv, args.ref, args.test), args.out)
+    return 0
+
+
+def _cmd_phantom(args) -> int:
+    from .phantom import write_cohort
+
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    folders = write_cohort(args.outdir, args.n, args.seed, args.size,
+                           progress=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {len(folders)} case(s) to {args.outdir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autocac",
+        description="Coronary artery calcium scoring (AutoCAC). See README.md.")
+    parser.add_argument("--version", action="version", version=f"autocac {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("score", help="score the calcium inside a (hand-edited) segmentation",
+                       description="Standard (CSCT) calcium scores of the calcium segments "
+                                   "(Calcium LM/LAD/LCx/RCA of a .seg.nrrd, or label values "
+                                   "1-4 of a label map) on IMAGE.")
+    p.add_argument("image", type=Path, help="CT image: NRRD, NIfTI, MetaImage or DICOM folder")
+    p.add_argument("segmentation", type=Path, help=".seg.nrrd or label map on the image grid")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
+    _add_scoring_options(p)
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("agreement", help="agreement statistics between two score columns",
+                       description="CCC, Pearson r, paired t-test, Bland-Altman, weighted "
+                                   "kappa and accuracy over the 5 risk categories.")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--ref", required=True, help="column of reference scores (e.g. CSCT)")
+    p.add_argument("--test", required=True, help="column of scores under test (e.g. CCTA)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
+    p.set_defaults(func=_cmd_agreement)
+
+    p = sub.add_parser("phantom", help="write synthetic paired CCTA/CSCT cases with known truth")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    p.add_argument("--size", choices=("clinical", "small"), default="clinical",
+                   help="clinical 512x512 matrix, or small for fast tests")
+    p.set_defaults(func=_cmd_phantom)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AutoCACError as exc:
+        if args.debug:
+            raise
+        print(f"autocac: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autocac: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("autocac: error: out of memory", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
