@@ -2,7 +2,10 @@
 
 One label map holds all of them without overlap (Slicer's Segment Editor default): a calcium
 voxel belongs to ``Calcium <vessel>``, not to the vessel's lumen segment. Terminology follows
-Slicer's terminology entry string (SNOMED CT codes, "SCT").
+Slicer's terminology entry string (SNOMED CT codes, "SCT"); the vessel codes are those of the
+DICOM master list that Slicer ships (checked against its terminology files). "Pathologic
+calcification" (18115005) is a valid SNOMED CT code that Slicer's lists lack, so Slicer shows it
+as a custom entry.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 #: The four vessels scored, in report order.
 VESSELS = ("LM", "LAD", "LCx", "RCA")
 
-_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+_CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 _ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 _ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
@@ -60,10 +63,10 @@ class SegmentSpec:
 
 
 _VESSEL_CODES = {
-    "LM": ("SCT", "3227004", "Left coronary artery main stem"),
-    "LAD": ("SCT", "59438005", "Anterior descending branch of left coronary artery"),
-    "LCx": ("SCT", "41879009", "Circumflex branch of left coronary artery"),
-    "RCA": ("SCT", "13647003", "Right coronary artery"),
+    "LM": ("SCT", "3227004", "Left Main Coronary Artery"),
+    "LAD": ("SCT", "59438005", "Left Anterior Descending Coronary Artery"),
+    "LCx": ("SCT", "57396003", "Circumflex Coronary Artery"),
+    "RCA": ("SCT", "13647002", "Right Coronary Artery"),
 }
 _VESSEL_COLORS = {
     "LM": (0.85, 0.33, 0.10),
