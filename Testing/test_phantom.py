@@ -1,0 +1,147 @@
+"""The synthetic paired CCTA/CSCT generator (small cases only)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from AutoCACLib.phantom import case_seed, make_case, write_case, write_cohort
+from AutoCACLib.phantom import case as case_module
+from AutoCACLib.scoring import score_calcium
+from AutoCACLib.segmentation_io import read_segment_masks
+from AutoCACLib.segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL
+from AutoCACLib.volume import read_volume
+
+
+@pytest.fixture(scope="module")
+def typical():
+    return make_case(11, "small")
+
+
+@pytest.fixture(scope="module")
+def zero():
+    return make_case(12, "small", burden="0", kvp=80)
+
+
+@pytest.fixture(scope="module")
+def heavy():
+    return make_case(13, "small", burden=">400", kvp=120)
+
+
+def test_same_seed_same_case(typical):
+    again = make_case(11, "small")
+    np.testing.assert_array_equal(again.ccta.array, typical.ccta.array)
+    np.testing.assert_array_equal(again.csct.array, typical.csct.array)
+    np.testing.assert_array_equal(again.ccta_labels, typical.ccta_labels)
+    np.testing.assert_array_equal(again.csct_calcium_labels, typical.csct_calcium_labels)
+    assert json.dumps(again.truth) == json.dumps(typical.truth)
+
+
+def test_seeds_vary_the_case(typical, zero):
+    assert typical.ccta.shape != zero.ccta.shape or not np.array_equal(typical.ccta.array,
+                                                                       zero.ccta.array)
+    assert typical.truth["pose"] != zero.truth["pose"]
+    assert case_seed(5, 0) == case_seed(5, 0) != case_seed(5, 1) != case_seed(6, 1)
+
+
+def test_geometry_and_kvp(typical, zero, heavy):
+    for case in (typical, zero, heavy):
+        assert case.ccta.kvp == case.truth["kvp"] and case.csct.kvp == 120
+        assert case.ccta_labels.shape == case.ccta.shape
+        assert case.csct_calcium_labels.shape == case.csct.shape
+        assert case.csct.spacing[0] == pytest.approx(3.0)
+        assert case.ccta.spacing[0] <= 1.0
+        for mask in case.extra_masks.values():
+            assert mask.shape == case.ccta.shape
+    assert zero.ccta.kvp == 80 and heavy.ccta.kvp == 120
+    assert typical.ccta.array.min() < -900  # air and lung are in the field of view
+
+
+def test_labels_lie_on_the_anatomy(typical, zero, heavy):
+    for case in (typical, zero, heavy):
+        image, labels = case.ccta.array, case.ccta_labels
+        aorta = image[labels == AORTA_LABEL].mean()
+        assert aorta == pytest.approx(case.truth["aortic_lumen_hu"], rel=0.12)
+        lumen = image[np.isin(labels, list(VESSEL_LABEL.values()))].mean()
+        assert 0.45 * aorta < lumen < 1.05 * aorta  # small vessels lose contrast to partial volume
+        for vessel, value in VESSEL_LABEL.items():
+            assert (labels == value).sum() > 0, vessel
+        veins = case.extra_masks["cardiac_veins"]
+        assert veins.any() and not np.isin(labels[veins], list(VESSEL_LABEL.values())).any()
+        # The myocardium enhances far less than the blood pool.
+        assert image[case.extra_masks["myocardium"]].mean() < aorta
+
+
+def test_calcium_free_case_scores_zero(zero):
+    assert zero.truth["reference"]["agatston"]["total"] == 0
+    assert zero.truth["category"] == "0"
+    assert not np.isin(zero.ccta_labels, list(CALCIUM_LABEL.values())).any()
+    assert not zero.csct_calcium_labels.any()
+
+
+def test_heavy_case_reference_matches_the_scorer(heavy):
+    assert heavy.truth["category"] == ">400"
+    score = score_calcium(heavy.csct.array, heavy.csct_calcium_labels, heavy.csct.spacing)
+    assert score.agatston["total"] > 400
+    assert score.agatston["total"] == pytest.approx(heavy.truth["reference"]["agatston"]["total"],
+                                                    abs=1e-2)
+    assert np.isin(heavy.ccta_labels, list(CALCIUM_LABEL.values())).any()
+    assert heavy.truth["true_calcium_mass_mg"]["total"] > 0
+    # Calcium is brighter than the contrast lumen on the CCTA.
+    calcium = heavy.ccta.array[np.isin(heavy.ccta_labels, list(CALCIUM_LABEL.values()))]
+    assert calcium.max() > heavy.truth["measured_aortic_lumen_hu"]
+
+
+def test_extra_coronary_calcium_never_counts(heavy):
+    extra = heavy.extra_masks["extra_coronary_calcium"]
+    assert extra.any(), "seed 13 should carry extra-coronary calcium"
+    assert not np.isin(heavy.ccta_labels[extra], list(CALCIUM_LABEL.values())).any()
+    csct = heavy.csct
+    for lesion in heavy.truth["calcifications"]:
+        if lesion["kind"] == "plaque":
+            continue
+        i, j, k = np.round((np.array(lesion["center_lps_mm"]) - csct.origin)
+                           / np.array(csct.spacing[::-1])).astype(int)
+        if 0 <= k < csct.shape[0] and 0 <= j < csct.shape[1] and 0 <= i < csct.shape[2]:
+            assert heavy.csct_calcium_labels[k, j, i] == 0
+
+
+def test_write_case_reads_back(typical, tmp_path):
+    folder = write_case(typical, tmp_path / "case")
+    ccta, csct = read_volume(folder / "ccta.nrrd"), read_volume(folder / "csct.nrrd")
+    assert ccta.kvp == typical.truth["kvp"] and csct.kvp == 120
+    np.testing.assert_array_equal(ccta.array, typical.ccta.array)
+    assert ccta.same_geometry(typical.ccta) and csct.same_geometry(typical.csct)
+    masks, geometry = read_segment_masks(folder / "labels.seg.nrrd")
+    assert geometry.same_geometry(typical.ccta)
+    np.testing.assert_array_equal(masks["Aorta"], typical.ccta_labels == AORTA_LABEL)
+    np.testing.assert_array_equal(masks["LAD"], typical.ccta_labels == VESSEL_LABEL["LAD"])
+    extra, _ = read_segment_masks(folder / "extra.seg.nrrd")
+    np.testing.assert_array_equal(extra["Cardiac veins"], typical.extra_masks["cardiac_veins"])
+    labels = read_volume(folder / "csct_calcium_labels.nrrd", require_ct=False)
+    np.testing.assert_array_equal(labels.array, typical.csct_calcium_labels)
+    truth = json.loads((folder / "truth.json").read_text())
+    assert truth["seed"] == 11 and truth["kvp"] == typical.truth["kvp"]
+
+
+def test_write_cohort_uses_derived_seeds(typical, tmp_path, monkeypatch):
+    seeds = []
+
+    def fake_make_case(seed, size):
+        seeds.append((seed, size))
+        return typical
+
+    monkeypatch.setattr(case_module, "make_case", fake_make_case)
+    calls = []
+    folders = write_cohort(tmp_path, 2, 7, "small", progress=lambda i, n, f: calls.append(i))
+    assert [f.name for f in folders] == ["case_000", "case_001"]
+    assert seeds == [(case_seed(7, 0), "small"), (case_seed(7, 1), "small")]
+    assert calls == [1, 2]
+    assert (folders[1] / "truth.json").exists() and (tmp_path / "cohort.json").exists()
+
+
+def test_overrides_are_checked():
+    with pytest.raises(TypeError):
+        make_case(1, "small", colour="red")
+    with pytest.raises(ValueError):
+        make_case(1, "tiny")
