@@ -90,8 +90,25 @@ def _cmd_phantom(args) -> int:
     if args.n < 1:
         raise InputError("--n must be at least 1")
     folders = write_cohort(args.outdir, args.n, args.seed, args.size,
-                           progress=lambda msg: print(msg, file=sys.stderr))
+                           progress=lambda i, n, folder: print(f"[{i}/{n}] {folder}",
+                                                               file=sys.stderr))
     print(f"wrote {len(folders)} case(s) to {args.outdir}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .batch import run_batch
+
+    failures = run_batch(args.inputs, args.out, args.device, _settings(args), args.models)
+    if failures:
+        print(f"{failures} case(s) failed: see scores.json / summary.csv", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.device)
     return 0
 
 
@@ -102,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autocac {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the CCTA pipeline: scores from a contrast CT angiogram",
+                       description="Finds the aorta, the coronary tree and its calcium in each "
+                                   "INPUT (image file, DICOM folder, case folder or folder of "
+                                   "cases) and writes scores.json, segmentation.seg.nrrd and "
+                                   "report.png; several inputs give one folder per case and "
+                                   "summary.csv.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--models", type=Path, default=None, metavar="DIR",
+                   help="folder of trained models (default: the shipped Resources/Models)")
+    _add_scoring_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="run the pipeline on a built-in synthetic CCTA")
+    p.add_argument("--out", type=Path, default=Path("autocac-demo"), metavar="DIR",
+                   help="output folder (default autocac-demo)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("score", help="score the calcium inside a (hand-edited) segmentation",
                        description="Standard (CSCT) calcium scores of the calcium segments "

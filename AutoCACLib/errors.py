@@ -13,3 +13,7 @@ class AutoCACError(Exception):
 
 class InputError(AutoCACError):
     """The input (image, segmentation, table, option) cannot be used as given."""
+
+
+class Cancelled(AutoCACError):
+    """The user cancelled a running pipeline; nothing was written."""

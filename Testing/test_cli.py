@@ -81,3 +81,14 @@ def test_agreement_command(tmp_path):
     assert doc["n"] == 5 and doc["accuracy"] == 1.0
     assert doc["mean_diff"] == pytest.approx(-25.2)
     assert doc["ccc"] > 0.95
+
+
+def test_phantom_command_writes_cases(tmp_path):
+    r = autocac("phantom", tmp_path / "cohort", "--n", "1", "--seed", "3", "--size", "small")
+    assert r.returncode == 0, r.stderr
+    case = tmp_path / "cohort" / "case_000"
+    for name in ("ccta.nrrd", "csct.nrrd", "labels.seg.nrrd", "truth.json"):
+        assert (case / name).is_file(), name
+    assert "[1/1]" in r.stderr
+    r = autocac("phantom", tmp_path / "c2", "--n", "0")
+    assert r.returncode == 2 and "--n" in r.stderr

@@ -1,0 +1,275 @@
+"""The CCTA pipeline: from a contrast CT angiogram alone, the scores a CSCT would have given.
+
+Stages (DESIGN.md): check the input, preprocess (histogram model and normalization),
+segment the aorta and the coronary tree (networks), calibrate (aortic attenuation ->
+coronary lumen attenuation), post-process the tree (remove veins and heart tissue, reconnect,
+label LM/LAD/LCx/RCA), centerlines, adaptive-threshold calcium along the centerlines, and
+scores with thresholds adapted to the calibration factor.
+
+A case the method cannot handle ends as ``status: "failed"`` with a reason a radiologist
+understands, not as a wrong number; only unusable input raises :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .results import scores_document
+from .scoring import ScoringSettings, score_calcium
+from .segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL, VESSELS
+from .volume import Volume, check_is_ct
+
+Progress = Callable[[str, float], None]
+
+#: Stage names in order, with the share of a typical run's time (for progress bars).
+STAGES = (("check", 0.01), ("preprocess", 0.05), ("networks", 0.5), ("calibration", 0.04),
+          ("postprocess", 0.15), ("centerlines", 0.1), ("calcium", 0.1), ("scoring", 0.05))
+
+#: Files beside the network weights in the models folder.
+CALIBRATION_MODEL_FILE = "calibration.json"
+SCORING_PARAMS_FILE = "ccta_scoring.json"
+CALCIUM_PARAMS_FILE = "calcium.json"
+
+_MIN_BLOOD_POOL_HU = 180.0   # below this the blood pool is not contrast-enhanced
+_LOW_CONTRAST_HU = 250.0     # below this, warn: weak enhancement
+_MIN_AORTA_ML = 5.0          # less aorta than this: "no aorta found"
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` returns.
+
+    Attributes
+    ----------
+    labels : ndarray (z, y, x) of uint8
+        AutoCAC label map (Aorta, vessels, calcium per vessel) on the input grid.
+    scores : dict
+        The ``scores.json`` document.
+    """
+
+    labels: np.ndarray
+    scores: dict
+    details: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.scores["status"]
+
+
+def acquisition_warnings(volume: Volume) -> list[str]:
+    """Warnings about how the image was acquired (resolution, gating, tube voltage)."""
+    warnings = []
+    md = volume.metadata
+    thickness = float(md.get("slice_thickness_mm") or volume.spacing[0])
+    if thickness > 1.0 or volume.spacing[0] > 1.0:
+        warnings.append(f"slices are {max(thickness, volume.spacing[0]):.2g} mm thick (CCTA is "
+                        f"usually <= 0.75 mm): small plaques are missed and scores are less "
+                        f"reliable")
+    if max(volume.spacing[1:]) > 0.6:
+        warnings.append(f"in-plane pixels are {max(volume.spacing[1:]):.2g} mm (CCTA is usually "
+                        f"0.3-0.5 mm): small vessels may be missed")
+    if md.get("source_format") == "dicom" and not md.get("cardiac_synchronization"):
+        warnings.append("no ECG gating information in the DICOM header: motion may blur "
+                        "the coronaries")
+    if volume.kvp is None:
+        warnings.append("tube voltage unknown: assumed 100 kVp for calcium attenuation")
+    return warnings
+
+
+def _failed(volume, reason, timings, warnings, inputs, labels=None, details=None):
+    labels = np.zeros(volume.shape, np.uint8) if labels is None else labels
+    doc = scores_document(None, status="failed", failure_reason=reason, timings_s=timings,
+                          warnings=warnings, inputs=inputs, method="ccta")
+    return PipelineResult(labels, doc, details or {})
+
+
+def load_pipeline_models(models_dir: str | Path | None = None, device: str = "auto") -> dict:
+    """Load everything the pipeline needs from the models folder (no download ever)."""
+    from .calcium import CalciumParams
+    from .calibration import CalibrationModel
+    from .ccta_scoring import CctaScoringParams
+    from .inference import AORTA_MODEL, CORONARY_MODEL, default_models_dir, load_model
+
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    models = {name: load_model(name, folder, device) for name in (AORTA_MODEL, CORONARY_MODEL)}
+    cal = folder / CALIBRATION_MODEL_FILE
+    scoring = folder / SCORING_PARAMS_FILE
+    calcium = folder / CALCIUM_PARAMS_FILE
+    return {
+        "networks": models,
+        "calibration": CalibrationModel.load(cal) if cal.exists() else None,
+        "scoring": CctaScoringParams(**json.loads(scoring.read_text())["params"])
+        if scoring.exists() else CctaScoringParams(),
+        "calcium": CalciumParams(**json.loads(calcium.read_text())["params"])
+        if calcium.exists() else CalciumParams(),
+    }
+
+
+def ccta_score(volume: Volume, labels: np.ndarray, settings: ScoringSettings,
+               calibration_factor: float, scoring_params=None):
+    """Score the calcium segments of a CCTA label map with calibration-adapted thresholds.
+
+    This is the pipeline's scoring stage alone: Recompute after an edit calls it with the
+    calibration factor of the run, so that unedited segments score exactly as in the run.
+    """
+    from .ccta_scoring import CctaScoringParams, ccta_scoring_settings
+    from .scoring import calcium_labels_from_labelmap
+
+    effective = ccta_scoring_settings(calibration_factor, scoring_params or CctaScoringParams(),
+                                      kvp=volume.kvp or 100.0, base=settings)
+    return score_calcium(volume.array, calcium_labels_from_labelmap(labels), volume.spacing,
+                         effective, kvp=volume.kvp)
+
+
+def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings | None = None,
+                 progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+                 models: dict | None = None, models_dir: str | Path | None = None,
+                 inputs: dict | None = None) -> PipelineResult:
+    """Run the whole CCTA pipeline on one volume.
+
+    Parameters
+    ----------
+    volume : Volume
+        Contrast CCTA in HU.
+    device : {"auto", "cpu", "cuda"}
+    settings : ScoringSettings, optional
+        Scoring conventions (connectivity, lesion dimension, minimum area...); the threshold
+        and weight bins are adapted to the calibration factor.
+    progress : callable(stage, fraction), optional
+        Called at the start of each stage with the fraction of the run done.
+    cancel : callable() -> bool, optional
+        Polled between stages; when it returns True, :class:`Cancelled` is raised.
+    models : dict, optional
+        Already loaded models (:func:`load_pipeline_models`), e.g. for a batch.
+    models_dir : path-like, optional
+        Where to load them from (default ``Resources/Models``).
+    inputs : dict, optional
+        Provenance written into ``scores["input"]``.
+
+    Returns
+    -------
+    PipelineResult
+    """
+    from .calcium import detect_calcium
+    from .calibration import calibration_factor as estimate_calibration
+    from .centerlines import vessel_centerlines
+    from .inference import segment_networks
+    from .postprocess import postprocess_coronaries
+    from .preprocess import fit_gmm_histogram, fit_histogram_normalization
+
+    settings = settings or ScoringSettings()
+    progress = progress or (lambda stage, fraction: None)
+    timings: dict[str, float] = {}
+    done = [0.0]
+    clock = [time.perf_counter()]
+    share = dict(STAGES)
+
+    def stage(name):
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled by the user")
+        progress(name, min(done[0], 1.0))
+        done[0] += share[name]
+
+    def lap(name):
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
+    inputs = dict(inputs or {})
+    inputs.update(shape=list(volume.shape), spacing_mm=[round(s, 4) for s in volume.spacing],
+                  kvp=volume.kvp)
+    stage("check")
+    check_is_ct(volume, inputs.get("image", "image"))
+    if min(volume.shape) < 16:
+        raise InputError(f"image of {volume.shape} voxels is too small for a CCTA")
+    warnings = acquisition_warnings(volume)
+    image = volume.array.astype(np.float32, copy=False)
+    lap("check")
+
+    stage("preprocess")
+    gmm = fit_gmm_histogram(image)
+    normalization = fit_histogram_normalization(gmm)
+    blood_pool = float(normalization.blood_pool_hu)
+    lap("preprocess")
+    if blood_pool < _MIN_BLOOD_POOL_HU:
+        return _failed(volume, f"not contrast-enhanced: no blood pool brighter than "
+                       f"{_MIN_BLOOD_POOL_HU:.0f} HU was found (brightest soft-tissue class "
+                       f"{blood_pool:.0f} HU); score a non-contrast scan with 'autocac score'",
+                       timings, warnings, inputs)
+    if blood_pool < _LOW_CONTRAST_HU:
+        warnings.append(f"low contrast enhancement (blood pool {blood_pool:.0f} HU)")
+    normalized = normalization.apply(image)
+
+    stage("networks")
+    if models is None:
+        models = load_pipeline_models(models_dir, device)
+    seg = segment_networks(volume, normalized=normalized, device=device,
+                           models=models["networks"],
+                           progress=lambda message, f: progress(f"networks: {message}",
+                                                                done[0] - share["networks"]
+                                                                + f * share["networks"]))
+    lap("networks")
+    aorta = seg.aorta
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[aorta] = AORTA_LABEL
+    aorta_ml = aorta.sum() * volume.voxel_volume_mm3 / 1000
+    details = {"network_timings_s": seg.timings_s, "blood_pool_hu": blood_pool}
+    if aorta_ml < _MIN_AORTA_ML:
+        return _failed(volume, "no aorta found: the image may not cover the aortic root or "
+                       "may not be a contrast CCTA", timings, warnings, inputs, labels, details)
+
+    stage("calibration")
+    cal = estimate_calibration(image, volume.spacing, aorta, models["calibration"],
+                               kvp=volume.kvp)
+    warnings += cal.warnings
+    lap("calibration")
+
+    stage("postprocess")
+    if seg.coronary_classes != ("background", *VESSELS):
+        raise InputError("the coronary model has no vessel names (trained on binary labels): "
+                         "retrain it on labelled vessels to score per vessel")
+    post = postprocess_coronaries(seg.coronary, image, volume.spacing, aorta)
+    lap("postprocess")
+    details["postprocess_qc"] = post.qc
+    for i, vessel in enumerate(VESSELS, start=1):
+        labels[post.labels == i] = VESSEL_LABEL[vessel]
+    if post.qc.tree_missing:
+        return _failed(volume, "coronary tree missing: " + " ".join(post.qc.findings()),
+                       timings, warnings, inputs, labels, details)
+    if post.qc.fragmented:
+        warnings.append("coronary tree fragmented: " + " ".join(post.qc.findings()))
+    elif post.qc.missing:
+        warnings += post.qc.findings()
+
+    stage("centerlines")
+    centerlines = {}
+    for i, vessel in enumerate(VESSELS, start=1):
+        mask = post.labels == i
+        if mask.any():
+            centerlines[vessel] = vessel_centerlines(mask, volume.spacing, root_hint=aorta)
+    lap("centerlines")
+
+    stage("calcium")
+    detection = detect_calcium(image, volume.spacing, labels, centerlines, cal.value,
+                               aorta_mask=aorta, params=models["calcium"])
+    warnings += detection.warnings
+    for i, vessel in enumerate(VESSELS, start=1):
+        labels[detection.labels == i] = CALCIUM_LABEL[vessel]
+    lap("calcium")
+
+    stage("scoring")
+    score = ccta_score(volume, labels, settings, cal.value, models["scoring"])
+    lap("scoring")
+    progress("done", 1.0)
+    doc = scores_document(score, calibration_factor=cal.value, timings_s=timings,
+                          warnings=warnings, inputs=inputs, method="ccta")
+    doc["calibration_method"] = cal.method
+    doc["base_settings"] = settings.to_dict()
+    return PipelineResult(labels, doc, details)
