@@ -112,6 +112,25 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_cohort
+
+    evaluate_cohort(args.cohort, args.out, args.device, args.models, args.limit)
+    print((args.out / "tables.md").read_text())
+    return 0
+
+
+def _cmd_benchmark(args) -> int:
+    from .benchmark import format_benchmark, run_benchmark
+    from .results import write_json
+
+    figures = run_benchmark(args.device, args.models)
+    if args.out:
+        write_json(figures, args.out)
+    print(format_benchmark(figures))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autocac",
@@ -139,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default autocac-demo)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="pipeline vs CSCT reference on a synthetic cohort",
+                       description="Runs the pipeline on every case folder of COHORT (as "
+                                   "written by 'autocac phantom') and writes cases.csv, "
+                                   "summary.json, tables.md and agreement.png into DIR.")
+    p.add_argument("cohort", type=Path)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--models", type=Path, default=None, metavar="DIR")
+    p.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="per-stage time and peak memory, clinical-size case",
+                       description="Runs the pipeline on a synthetic 512x512x280 CCTA "
+                                   "(0.4x0.4x0.5 mm) and reports seconds per stage and peak "
+                                   "memory.")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--models", type=Path, default=None, metavar="DIR")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("score", help="score the calcium inside a (hand-edited) segmentation",
                        description="Standard (CSCT) calcium scores of the calcium segments "

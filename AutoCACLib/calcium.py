@@ -1,0 +1,300 @@
+"""Stage 7: calcium by an adaptive threshold along the coronary centerlines.
+
+Every voxel near the coronary mask (dilated to include the wall and eccentric plaque) belongs
+to the cross-section of its nearest centerline point. The lumen attenuation at a centerline
+point is the median of the image in a small ball of lumen voxels around it, smoothed along
+the branch by a running median. A voxel is calcium when it exceeds ``lumen_ratio`` (1.25)
+times that lumen attenuation, and (a guard of ours for noisy, dim lumens) the lumen by at
+least ``noise_factor`` noise standard deviations. Where the centerline itself runs through
+calcium (its value would itself pass the threshold set by its neighbourhood along the branch)
+or through something darker than any lumen (non-enhanced plaque, an occlusion), its value is
+unreliable and the threshold there is ``calibrated_ratio`` (1.45) times the calibration
+factor instead (the paper's rule).
+
+A calcification must reach within ``wall_margin_mm`` of the vessel mask and may extend
+``growth_margin_mm`` from it; a bright region that goes on past that is a neighbouring
+structure (pulmonary artery, cardiac chamber, vein) and does not count. Calcium within
+``aorta_margin_mm`` of the aorta never counts (aortic wall and root calcium, and the bright
+aortic lumen at the ostia); what was removed that way is reported as a warning. Candidate
+regions smaller than ``min_volume_mm3`` (noise peaks of a bright lumen) are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from .centerlines import Centerline
+from .segments import VESSEL_LABEL, VESSELS
+
+
+@dataclass(frozen=True)
+class CalciumParams:
+    """Thresholds and sizes of the adaptive calcium detection (to be tuned).
+
+    Attributes
+    ----------
+    lumen_ratio : float
+        Calcium exceeds this times the lumen attenuation of its cross-section.
+    calibrated_ratio : float
+        ... or this times the calibration factor where the centerline value is unreliable.
+    wall_margin_mm : float
+        Calcium must reach within this distance of the vessel mask (wall calcium).
+    growth_margin_mm : float
+        A calcification that does may extend this far from the mask (eccentric plaque
+        bulging outward), with the same per-cross-section thresholds.
+    lumen_ball_mm : float
+        Radius of the ball (limited to lumen voxels) whose median is the centerline value;
+        at least one voxel step, so that the ball also gives a noise estimate.
+    lumen_window_mm : float
+        Length of the running median that smooths the lumen attenuation along a branch.
+    reference_window_mm : float
+        Length of the running median that gives the branch's robust lumen level against which
+        a centerline value is judged.
+    low_lumen_ratio : float
+        A centerline value below this times the robust level is unreliable too.
+    noise_factor : float
+        The threshold is also at least the lumen plus this many noise standard deviations
+        (estimated per branch from the lumen balls), so that image noise in a dim lumen
+        does not pass as calcium.
+    min_threshold_hu : float
+        No threshold is set below this (the standard 130 HU calcium floor).
+    min_threshold_cf_ratio : float
+        ... nor below this times the calibration factor (partial volume makes the centerline
+        of a thin vessel read low, which would otherwise let its lumen edge pass as calcium).
+    min_volume_mm3 : float
+        Connected calcium regions (26-connected) smaller than this are dropped.
+    aorta_margin_mm : float
+        Calcium within this distance of the aorta mask is excluded.
+    """
+
+    lumen_ratio: float = 1.25
+    calibrated_ratio: float = 1.45
+    wall_margin_mm: float = 1.0
+    growth_margin_mm: float = 3.0
+    lumen_ball_mm: float = 0.8
+    lumen_window_mm: float = 4.0
+    reference_window_mm: float = 20.0
+    low_lumen_ratio: float = 0.5
+    noise_factor: float = 3.5
+    min_threshold_hu: float = 130.0
+    min_threshold_cf_ratio: float = 0.75
+    min_volume_mm3: float = 0.5
+    aorta_margin_mm: float = 2.0
+
+
+@dataclass
+class BranchProfile:
+    """The adaptive threshold along one centerline branch.
+
+    Attributes
+    ----------
+    vessel : str
+        LM, LAD, LCx or RCA.
+    branch : int
+        Index of the branch in the vessel's centerline list.
+    centerline_hu : ndarray
+        Median attenuation in the lumen ball at each point.
+    lumen_hu : ndarray
+        Smoothed lumen attenuation (NaN where no reliable point is near).
+    unreliable : ndarray of bool
+        Points whose value was judged calcified or too dark.
+    threshold_hu : ndarray
+        The calcium threshold of each point's cross-section.
+    noise_sd_hu : float
+        Robust noise estimate of the branch's lumen.
+    """
+
+    vessel: str
+    branch: int
+    centerline_hu: np.ndarray
+    lumen_hu: np.ndarray
+    unreliable: np.ndarray
+    threshold_hu: np.ndarray
+    noise_sd_hu: float
+
+
+@dataclass
+class CalciumDetection:
+    """Result of :func:`detect_calcium`.
+
+    Attributes
+    ----------
+    labels : ndarray of uint8
+        0 = none, 1..4 = calcium of LM, LAD, LCx, RCA (the input of
+        :func:`AutoCACLib.scoring.score_calcium`).
+    profiles : list of BranchProfile
+    excluded_near_aorta_mm3 : float
+        Calcium-like volume removed because it touched the aorta's margin.
+    warnings : list of str
+    """
+
+    labels: np.ndarray
+    profiles: list[BranchProfile] = field(default_factory=list)
+    excluded_near_aorta_mm3: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Boolean ball of ``radius_mm`` on the voxel grid (odd size, centred)."""
+    half = np.floor(radius_mm / spacing).astype(int)
+    grid = np.indices(2 * half + 1).reshape(3, -1).T - half
+    ball = np.zeros(2 * half + 1, dtype=bool)
+    ball[tuple((grid[np.linalg.norm(grid * spacing, axis=1) <= radius_mm + 1e-9] + half).T)] = True
+    return ball
+
+
+def _running_nanmedian(values: np.ndarray, arc: np.ndarray, window_mm: float) -> np.ndarray:
+    """Median of the non-NaN values within ``window_mm / 2`` along the branch."""
+    near = np.abs(arc[:, None] - arc[None, :]) <= window_mm / 2
+    table = np.where(near, values[None, :], np.nan)
+    out = np.full(len(values), np.nan)
+    has = (near & ~np.isnan(values)[None, :]).any(axis=1)
+    if has.any():
+        out[has] = np.nanmedian(table[has], axis=1)
+    return out
+
+
+def _branch_profile(image, lumen, points, arc, offsets, params, calibration_factor, vessel,
+                    index):
+    """Lumen attenuation, noise and calcium threshold along one branch (module docstring)."""
+    pts = points[:, None, :] + offsets[None]
+    inside = np.all((pts >= 0) & (pts < image.shape), axis=2)
+    pts = np.clip(pts, 0, np.array(image.shape) - 1)
+    at = tuple(np.moveaxis(pts, 2, 0))
+    in_lumen = inside & lumen[at]
+    # Ball voxels in the lumen mask; the whole ball where the mask misses the point.
+    use = np.where(in_lumen.any(axis=1)[:, None], in_lumen, inside)
+    samples = np.where(use, image[at].astype(float), np.nan)
+    centerline = np.nanmedian(samples, axis=1)
+    reference = _running_nanmedian(centerline, arc, params.reference_window_mm)
+    unreliable = ((centerline > params.lumen_ratio * reference)
+                  | (centerline < params.low_lumen_ratio * reference))
+    lumen_hu = _running_nanmedian(np.where(unreliable, np.nan, centerline), arc,
+                                  params.lumen_window_mm)
+    # Noise: scaled median absolute deviation of the ball samples from their point's median.
+    noise_sd = 1.4826 * float(np.nanmedian(np.abs(samples - centerline[:, None])))
+    fallback = np.isnan(lumen_hu)
+    lumen_level = np.nan_to_num(lumen_hu)
+    threshold = np.where(fallback, params.calibrated_ratio * calibration_factor,
+                         np.maximum(params.lumen_ratio * lumen_level,
+                                    lumen_level + params.noise_factor * noise_sd))
+    # Calcified points take the calibrated threshold even when neighbours give a lumen value.
+    threshold = np.where(unreliable, params.calibrated_ratio * calibration_factor, threshold)
+    threshold = np.maximum(threshold, max(params.min_threshold_hu,
+                                          params.min_threshold_cf_ratio * calibration_factor))
+    return BranchProfile(vessel, index, centerline, lumen_hu, unreliable | fallback, threshold,
+                         noise_sd)
+
+
+def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
+                   centerlines_by_vessel: Mapping[str, Sequence[Centerline]],
+                   calibration_factor: float, aorta_mask: np.ndarray | None = None,
+                   params: CalciumParams = CalciumParams(),
+                   label_values: Mapping[str, int] = VESSEL_LABEL) -> CalciumDetection:
+    """Detect coronary calcium with the adaptive threshold along the centerlines.
+
+    Parameters
+    ----------
+    image : ndarray, shape (z, y, x)
+        CCTA in HU (not the normalized image).
+    spacing : sequence of 3 float
+        Voxel size (z, y, x) in mm.
+    vessel_labels : ndarray of int, shape (z, y, x)
+        Coronary lumen labels; ``label_values`` gives each vessel's value (AutoCAC's label
+        map values by default: LM 2, LAD 3, LCx 4, RCA 5).
+    centerlines_by_vessel : mapping str -> list of Centerline
+        Centerlines of each vessel (from :func:`~AutoCACLib.centerlines.vessel_centerlines`
+        on that vessel's mask). Vessels without centerlines get no calcium.
+    calibration_factor : float
+        Representative coronary lumen attenuation in HU (stage 4).
+    aorta_mask : ndarray of bool, optional
+        The aorta; calcium within ``params.aorta_margin_mm`` of it is excluded.
+    params : CalciumParams
+    label_values : mapping str -> int
+        Label value of each vessel in ``vessel_labels``.
+
+    Returns
+    -------
+    CalciumDetection
+    """
+    image = np.asarray(image)
+    sp = np.asarray(spacing, dtype=float)
+    labels_in = np.asarray(vessel_labels)
+    out = np.zeros(image.shape, dtype=np.uint8)
+    vessels = [v for v in VESSELS if centerlines_by_vessel.get(v)]
+    lumen = np.isin(labels_in, [label_values[v] for v in vessels])
+    if not vessels or not lumen.any():
+        return CalciumDetection(out)
+
+    # Work in the bounding box of the vessels, grown by the margins.
+    grow = np.ceil((params.growth_margin_mm + params.aorta_margin_mm + 1.0) / sp).astype(int)
+    found = np.argwhere(lumen)
+    lo = np.maximum(found.min(axis=0) - grow, 0)
+    hi = np.minimum(found.max(axis=0) + grow + 1, image.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    img, lum = image[box], lumen[box]
+
+    ball = _ball(max(params.lumen_ball_mm, float(sp.max())), sp)
+    offsets = np.argwhere(ball) - np.array(ball.shape) // 2
+    profiles, point_mm, point_vessel, point_threshold = [], [], [], []
+    for vessel in vessels:
+        for index, line in enumerate(centerlines_by_vessel[vessel]):
+            prof = _branch_profile(img, lum, line.points - lo, line.arc_length_mm, offsets,
+                                   params, calibration_factor, vessel, index)
+            profiles.append(prof)
+            point_mm.append((line.points - lo) * sp)
+            point_vessel.append(np.full(len(line), VESSELS.index(vessel) + 1, np.uint8))
+            point_threshold.append(prof.threshold_hu)
+    point_mm = np.concatenate(point_mm)
+    point_vessel = np.concatenate(point_vessel)
+    point_threshold = np.concatenate(point_threshold)
+
+    # Each voxel near the vessels takes the threshold of its nearest centerline point.
+    # Calcium regions count when they reach the wall margin. Calcifications are bounded:
+    # bright regions that go on past the growth margin (a one-voxel shell beyond it is
+    # checked) are neighbouring structures (pulmonary artery, cardiac chambers, veins, bone)
+    # and are dropped whole.
+    depth = ndi.distance_transform_edt(~lum, sampling=sp)
+    shell = params.growth_margin_mm + float(sp.max())
+    voxels = np.argwhere((img > point_threshold.min()) & (depth <= shell))
+    _, nearest = cKDTree(point_mm).query(voxels * sp)
+    voxels, nearest = (a[img[tuple(voxels.T)] > point_threshold[nearest]]
+                       for a in (voxels, nearest))
+    candidate = np.zeros(img.shape, dtype=np.uint8)
+    candidate[tuple(voxels.T)] = point_vessel[nearest]
+    parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[parts[depth <= params.wall_margin_mm]] = True
+    keep[parts[depth > params.growth_margin_mm]] = False
+    keep[0] = False
+    candidate[~keep[parts]] = 0
+
+    detection = CalciumDetection(out, profiles)
+    voxel_mm3 = float(np.prod(sp))
+    if aorta_mask is not None:
+        aorta = np.asarray(aorta_mask, dtype=bool)[box]
+        surface = np.argwhere(aorta & ~ndi.binary_erosion(aorta))
+        found = np.argwhere(candidate)
+        if len(surface) and len(found):
+            gap, _ = cKDTree(surface * sp).query(found * sp)
+            near = (gap <= params.aorta_margin_mm) | aorta[tuple(found.T)]
+            if near.any():
+                candidate[tuple(found[near].T)] = 0
+                detection.excluded_near_aorta_mm3 = float(near.sum()) * voxel_mm3
+                detection.warnings.append(
+                    f"{detection.excluded_near_aorta_mm3:.1f} mm^3 of calcium-like voxels "
+                    f"within {params.aorta_margin_mm:g} mm of the aorta (aortic wall, root or "
+                    f"ostium) excluded from the coronary calcium")
+    parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
+    if n:
+        sizes = np.bincount(parts.ravel())
+        small = sizes * voxel_mm3 < params.min_volume_mm3
+        small[0] = False
+        candidate[small[parts]] = 0
+    out[box] = candidate
+    return detection

@@ -1,0 +1,196 @@
+"""Stage 8 on CCTA: Agatston weights adapted to the calibration factor.
+
+On a contrast CCTA, calcium looks brighter than on the 120 kVp calcium-scoring CT (CSCT):
+calcium's attenuation grows at low tube voltage, and partial volume with the iodinated lumen
+adds part of the lumen's attenuation. So that the CCTA's Agatston score estimates the CSCT's,
+the standard scorer (:func:`AutoCACLib.scoring.score_calcium`) is run with its calcium
+threshold and weight bins moved to where CSCT values would land on this CCTA::
+
+    threshold_ccta = threshold_csct x gain + offset_fraction x CF
+    gain = kvp_calcium_factor(kVp) ** kvp_exponent x (CF / reference_cf_hu) ** cf_exponent
+
+with CF the calibration factor (representative coronary lumen attenuation, HU) and
+``kvp_calcium_factor`` the hydroxyapatite factor of :mod:`AutoCACLib.scoring` (1 when the kVp
+is unknown; the CF term then carries the tube voltage, as in the paper). The parameters are
+fitted against CSCT reference scores by :func:`fit_ccta_scoring`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium
+
+
+@dataclass(frozen=True)
+class CctaScoringParams:
+    """How CSCT thresholds move on a CCTA (see the module docstring).
+
+    Attributes
+    ----------
+    offset_fraction : float
+        Part of the calibration factor added to every threshold (iodine partial volume).
+    cf_exponent : float
+        Power of ``CF / reference_cf_hu`` in the gain.
+    kvp_exponent : float
+        Power of the hydroxyapatite kVp factor in the gain (1: the physical factor).
+    reference_cf_hu : float
+        Calibration factor at which the CF term of the gain is 1.
+    """
+
+    offset_fraction: float = 0.0
+    cf_exponent: float = 0.0
+    kvp_exponent: float = 1.0
+    reference_cf_hu: float = 350.0
+
+    def gain(self, calibration_factor: float, kvp: float | None = None) -> float:
+        kvp_term = 1.0 if kvp is None else kvp_calcium_factor(kvp) ** self.kvp_exponent
+        return kvp_term * (calibration_factor / self.reference_cf_hu) ** self.cf_exponent
+
+
+def ccta_scoring_settings(calibration_factor: float,
+                          params: CctaScoringParams = CctaScoringParams(),
+                          kvp: float | None = None,
+                          base: ScoringSettings = ScoringSettings()) -> ScoringSettings:
+    """Scoring settings for a CCTA whose Agatston score estimates the CSCT 120 kVp score.
+
+    Parameters
+    ----------
+    calibration_factor : float
+        Representative coronary lumen attenuation, HU (must be positive).
+    params : CctaScoringParams
+    kvp : float, optional
+        Tube voltage of the CCTA.
+    base : ScoringSettings
+        The CSCT conventions to adapt (connectivity, lesion dimension, minimum area... are
+        kept; the threshold and weight bins are moved; ``kvp_specific`` is switched off since
+        the tube voltage is accounted for here).
+
+    Returns
+    -------
+    ScoringSettings
+    """
+    if not calibration_factor > 0:
+        raise ValueError(f"calibration factor must be positive, got {calibration_factor}")
+    gain = params.gain(calibration_factor, kvp)
+    offset = params.offset_fraction * calibration_factor
+    return dataclasses.replace(
+        base, threshold_hu=base.threshold_hu * gain + offset,
+        weight_thresholds_hu=tuple(t * gain + offset for t in base.weight_thresholds_hu),
+        kvp_specific=False)
+
+
+@dataclass
+class CctaCase:
+    """One training case for :func:`fit_ccta_scoring`.
+
+    Attributes
+    ----------
+    image : ndarray
+        CCTA in HU.
+    calcium_labels : ndarray
+        1..4 calcium regions (LM, LAD, LCx, RCA) detected on the CCTA.
+    spacing : sequence of 3 float
+    calibration_factor : float
+    kvp : float or None
+    reference_agatston : float
+        Total Agatston score of the CSCT reference.
+    """
+
+    image: np.ndarray
+    calcium_labels: np.ndarray
+    spacing: tuple
+    calibration_factor: float
+    kvp: float | None
+    reference_agatston: float
+
+
+#: Values tried for each parameter by :func:`fit_ccta_scoring`.
+DEFAULT_GRID = {
+    "offset_fraction": tuple(np.round(np.linspace(0.0, 0.6, 13), 3)),
+    "cf_exponent": tuple(np.round(np.linspace(-1.0, 1.5, 11), 3)),
+    "kvp_exponent": tuple(np.round(np.linspace(0.0, 2.0, 9), 3)),
+}
+
+
+def _crop(case: CctaCase) -> CctaCase:
+    """The case restricted to the bounding box of its calcium (scores are unchanged)."""
+    found = np.nonzero(case.calcium_labels)
+    if not found[0].size:
+        return case
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in found)
+    return dataclasses.replace(case, image=case.image[box],
+                               calcium_labels=case.calcium_labels[box])
+
+
+def ccta_agatston(case: CctaCase, params: CctaScoringParams,
+                  base: ScoringSettings = ScoringSettings()) -> float:
+    """Total Agatston score of a CCTA case under ``params``."""
+    settings = ccta_scoring_settings(case.calibration_factor, params, case.kvp, base)
+    return score_calcium(case.image, case.calcium_labels, case.spacing, settings
+                         ).agatston["total"]
+
+
+def scoring_loss(cases: Sequence[CctaCase], params: CctaScoringParams,
+                 base: ScoringSettings = ScoringSettings()) -> float:
+    """Mean absolute difference of ``log(1 + Agatston)`` between CCTA and CSCT reference.
+
+    The log keeps large scores from dominating; the absolute value keeps outliers (a failed
+    segmentation) from pulling the fit.
+    """
+    errors = [abs(np.log1p(ccta_agatston(c, params, base)) - np.log1p(c.reference_agatston))
+              for c in cases]
+    return float(np.mean(errors))
+
+
+def fit_ccta_scoring(cases: Sequence[CctaCase], start: CctaScoringParams = CctaScoringParams(),
+                     grid: dict | None = None, rounds: int = 3,
+                     base: ScoringSettings = ScoringSettings(),
+                     progress: Callable[[int, float], None] | None = None
+                     ) -> tuple[CctaScoringParams, float]:
+    """Fit :class:`CctaScoringParams` to CSCT reference scores by coordinate search.
+
+    Each round tries, for one parameter at a time, every value of its grid with the others
+    fixed, and keeps the best (ties keep the current value); rounds stop when nothing changes.
+
+    Parameters
+    ----------
+    cases : sequence of CctaCase
+    start : CctaScoringParams
+        Starting point (``reference_cf_hu`` is kept).
+    grid : dict, optional
+        Parameter name -> values to try (default :data:`DEFAULT_GRID`).
+    rounds : int
+        Maximum number of passes over the parameters.
+    base : ScoringSettings
+        The CSCT conventions the reference scores were made with.
+    progress : callable(round, loss), optional
+        Called after each round.
+
+    Returns
+    -------
+    (CctaScoringParams, float)
+        The fitted parameters and their :func:`scoring_loss`.
+    """
+    grid = DEFAULT_GRID if grid is None else grid
+    cropped = [_crop(c) for c in cases]
+    best, best_loss = start, scoring_loss(cropped, start, base)
+    for r in range(rounds):
+        changed = False
+        for name, values in grid.items():
+            for value in values:
+                trial = dataclasses.replace(best, **{name: float(value)})
+                if trial == best:
+                    continue
+                loss = scoring_loss(cropped, trial, base)
+                if loss < best_loss - 1e-12:
+                    best, best_loss, changed = trial, loss, True
+        if progress is not None:
+            progress(r, best_loss)
+        if not changed:
+            break
+    return best, best_loss

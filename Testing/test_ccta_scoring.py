@@ -1,0 +1,74 @@
+"""CCTA scoring settings adapted to the calibration factor, and their fit to CSCT scores."""
+
+import numpy as np
+import pytest
+
+from AutoCACLib.ccta_scoring import (CctaCase, CctaScoringParams, ccta_agatston,
+                                     ccta_scoring_settings, fit_ccta_scoring, scoring_loss)
+from AutoCACLib.scoring import ScoringSettings, score_calcium
+
+SPACING = (0.5, 0.5, 0.5)
+
+
+def test_settings_move_threshold_and_weight_bins():
+    base = ScoringSettings(connectivity=4, min_area_mm2=0.5)
+    same = ccta_scoring_settings(350.0, CctaScoringParams(), kvp=120, base=base)
+    assert same.weight_thresholds_hu == base.weight_thresholds_hu
+    assert same.threshold_hu == base.threshold_hu
+    assert same.connectivity == 4 and same.min_area_mm2 == 0.5  # other conventions kept
+
+    params = CctaScoringParams(offset_fraction=0.2, cf_exponent=0.5, kvp_exponent=1.0)
+    s = ccta_scoring_settings(560.0, params, kvp=80)
+    gain = 1.36 * np.sqrt(560 / 350)
+    np.testing.assert_allclose(s.weight_thresholds_hu,
+                               [t * gain + 0.2 * 560 for t in (130, 200, 300, 400)])
+    assert s.threshold_hu == pytest.approx(130 * gain + 112)
+    assert not s.kvp_specific
+    # Unknown kVp: only the calibration factor moves the bins.
+    unknown = ccta_scoring_settings(560.0, params)
+    assert unknown.weight_thresholds_hu[3] == pytest.approx(400 * np.sqrt(1.6) + 112)
+    with pytest.raises(ValueError):
+        ccta_scoring_settings(0.0)
+
+
+def _synthetic_cases(n, truth, seed):
+    """CCTA cases whose calcium is the CSCT calcium seen through ``truth``'s linear map."""
+    rng = np.random.default_rng(seed)
+    shape = (16, 40, 40)
+    z, y, x = np.meshgrid(*[np.arange(s) * 0.5 for s in shape], indexing="ij", sparse=True)
+    cases = []
+    for _ in range(n):
+        csct = np.full(shape, 40.0)
+        labels = np.zeros(shape, np.uint8)
+        for k in range(rng.integers(1, 4)):
+            c = rng.uniform([3, 4, 4], [5, 16, 16])
+            r = rng.uniform(0.8, 2.0)
+            d2 = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2
+            peak = rng.uniform(150, 800)
+            csct = np.maximum(csct, 40 + (peak - 40) * np.exp(-d2 / (2 * r ** 2)))
+            labels[d2 <= (1.8 * r) ** 2] = k + 1
+        cf = float(rng.uniform(250, 600))
+        kvp = [80.0, 100.0, 120.0, None][rng.integers(4)]
+        gain = truth.gain(cf, kvp)
+        ccta = csct * gain + truth.offset_fraction * cf
+        reference = score_calcium(csct, labels, SPACING).agatston["total"]
+        cases.append(CctaCase(ccta, labels, SPACING, cf, kvp, reference))
+    return cases
+
+
+def test_fit_recovers_a_known_scaling():
+    truth = CctaScoringParams(offset_fraction=0.2, cf_exponent=0.5, kvp_exponent=1.0)
+    cases = _synthetic_cases(16, truth, seed=7)
+    assert scoring_loss(cases, truth) == pytest.approx(0, abs=1e-9)
+    start = CctaScoringParams()
+    initial = scoring_loss(cases, start)
+    assert initial > 0.3
+    fitted, loss = fit_ccta_scoring(cases, start=start, rounds=3)
+    assert loss < 0.1 * initial
+    assert fitted.offset_fraction == pytest.approx(0.2, abs=0.05)
+    assert fitted.cf_exponent == pytest.approx(0.5, abs=0.25)
+    # Held-out cases: the fitted scaling generalizes.
+    held_out = _synthetic_cases(8, truth, seed=8)
+    assert scoring_loss(held_out, fitted) < 0.25 * scoring_loss(held_out, start)
+    assert ccta_agatston(held_out[0], fitted) == pytest.approx(held_out[0].reference_agatston,
+                                                               rel=0.25)
