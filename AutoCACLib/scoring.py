@@ -59,6 +59,10 @@ class ScoringSettings:
         Scale threshold and weight bins with :data:`KVP_CALCIUM_FACTOR` for the image's kVp.
     mass_calibration : float or None
         ``c`` in mg HA/cm^3 per HU for the mass score; no mass without it.
+    agatston_scale, volume_scale : float
+        Multiply each lesion's Agatston score / volume (and mass). 1 for standard scoring;
+        the CCTA method fits them so that CCTA scores estimate the CSCT's (thin contrast
+        slices show less calcium blooming than 3 mm non-contrast slices).
     """
 
     threshold_hu: float = 130.0
@@ -71,6 +75,8 @@ class ScoringSettings:
     normalize_slice_increment: bool = True
     kvp_specific: bool = False
     mass_calibration: float | None = None
+    agatston_scale: float = 1.0
+    volume_scale: float = 1.0
 
     def __post_init__(self):
         if self.connectivity not in (4, 8):
@@ -81,6 +87,8 @@ class ScoringSettings:
         if len(w) != 4 or list(w) != sorted(w):
             raise InputError(f"weight_thresholds_hu must be 4 increasing values, got {w}")
         object.__setattr__(self, "weight_thresholds_hu", w)
+        if self.agatston_scale <= 0 or self.volume_scale <= 0:
+            raise InputError("score scales must be positive")
         if self.min_area_mm2 < 0 or (self.min_area_pixels is not None and self.min_area_pixels < 1):
             raise InputError("minimum lesion area must be non-negative")
 
@@ -192,8 +200,9 @@ def _score_vessel(image, mask, vessel, spacing, settings, offset_z):
         if settings.min_area_pixels is not None and largest < settings.min_area_pixels:
             continue
         agatston = sum(p * pixel_area * agatston_weight(peak, settings.weight_thresholds_hu)
-                       for _, p, peak in per_slice) * slice_factor
+                       for _, p, peak in per_slice) * slice_factor * settings.agatston_scale
         n_vox = int(own.sum())
+        volume = n_vox * voxel_volume * settings.volume_scale
         mean_hu = float(values[own].mean())
         peak = max(pk for _, _, pk in per_slice)
         lesion = {
@@ -205,12 +214,11 @@ def _score_vessel(image, mask, vessel, spacing, settings, offset_z):
             "mean_hu": round(mean_hu, 1),
             "weight": agatston_weight(peak, settings.weight_thresholds_hu),
             "agatston": round(agatston, 4),
-            "volume_mm3": round(n_vox * voxel_volume, 4),
+            "volume_mm3": round(volume, 4),
             "voxels": n_vox,
         }
         if settings.mass_calibration is not None:
-            lesion["mass_mg"] = round(settings.mass_calibration * 1e-3 * n_vox * voxel_volume
-                                      * mean_hu, 4)
+            lesion["mass_mg"] = round(settings.mass_calibration * 1e-3 * volume * mean_hu, 4)
         lesions.append(lesion)
     return lesions
 

@@ -193,3 +193,14 @@ def test_cac_drs():
     assert cac_drs(99.9, 1) == "A1/N1"
     assert cac_drs(100, 2) == "A2/N2"
     assert cac_drs(300, 4) == "A3/N4"
+
+
+def test_score_scales_multiply_agatston_and_volume():
+    img, lab = blank()
+    lab[1] = 1
+    img[1, 2:4, 2:4] = 300.0
+    s = score_calcium(img, lab, SP3, ScoringSettings(agatston_scale=1.5, volume_scale=2.0))
+    assert s.agatston["LM"] == pytest.approx(3.0 * 1.5)
+    assert s.volume_mm3["LM"] == pytest.approx(3.0 * 2.0)
+    with pytest.raises(InputError):
+        ScoringSettings(agatston_scale=0)
