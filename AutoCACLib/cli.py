@@ -131,6 +131,42 @@ def _cmd_benchmark(args) -> int:
     return 0
 
 
+def _parse_remap(text: str | None) -> dict | None:
+    if not text:
+        return None
+    remap = {}
+    for item in text.split(","):
+        value, _, name = item.partition("=")
+        try:
+            remap[int(value)] = name.strip()
+        except ValueError:
+            raise InputError(f"--label-remap expects VALUE=NAME pairs such as 1=Aorta,2=LAD; "
+                             f"got {item!r}") from None
+    return remap
+
+
+def _cmd_train(args) -> int:
+    from .batch import TerminalProgress
+    from .results import write_json
+
+    report = {}
+    if not args.fit_only:
+        from .training import train_models
+
+        report["networks"] = train_models(
+            args.sources, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
+            progress=TerminalProgress(), label_remap=_parse_remap(args.label_remap),
+            steps_per_epoch=args.steps_per_epoch, base=args.base)
+    if not args.networks_only:
+        from .pipeline_training import fit_pipeline
+
+        report["fit"] = fit_pipeline(args.sources, args.out, device=args.device, seed=args.seed,
+                                     progress=TerminalProgress())
+    write_json(report, Path(args.out) / "training_report.json")
+    print(f"models written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autocac",
@@ -178,6 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=None, metavar="DIR")
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("train", help="train the networks and fit calibration and scoring",
+                       description="Trains the aorta and coronary networks on SOURCES (case "
+                                   "folders from 'autocac phantom', or image/label pairs as "
+                                   "ImageCAS, ASOCA or nnU-Net ship them), then fits the "
+                                   "calibration regressor and the CCTA scoring parameters "
+                                   "on the cases with CSCT references. Writes into DIR.")
+    p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="output folder (Resources/Models to replace the shipped models)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--base", type=int, default=8, help="network width (first stage channels)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-remap", default=None, metavar="V=NAME,...",
+                   help="name the values of label-map images, e.g. 1=Coronary or 1=Aorta,2=LAD")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--networks-only", action="store_true", help="skip the fitting step")
+    g.add_argument("--fit-only", action="store_true",
+                   help="only fit calibration and scoring (networks already in DIR)")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("score", help="score the calcium inside a (hand-edited) segmentation",
                        description="Standard (CSCT) calcium scores of the calcium segments "

@@ -12,6 +12,7 @@ understands, not as a wrong number; only unusable input raises :class:`InputErro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -272,4 +273,5 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
                           warnings=warnings, inputs=inputs, method="ccta")
     doc["calibration_method"] = cal.method
     doc["base_settings"] = settings.to_dict()
+    doc["ccta_scoring_params"] = dataclasses.asdict(models["scoring"])
     return PipelineResult(labels, doc, details)

@@ -650,7 +650,17 @@ class SceneLogic:
         volume = volume_from_node(volume_node, kvp=previous.get("kvp"))
         volume, labels, z0 = _calcium_crop(
             volume, segment_voxels(segmentation_node, volume_node, CALCIUM_NAMES))
-        new = score_labelmap(volume, labels, settings).to_dict()
+        if previous.get("method") == "ccta" and previous.get("calibration_factor"):
+            # A pipeline result: rescore with the run's calibration-adapted thresholds.
+            from .ccta_scoring import CctaScoringParams
+            from .pipeline import ccta_score
+            from .scoring import ScoringSettings
+
+            params = CctaScoringParams(**previous.get("ccta_scoring_params", {}))
+            new = ccta_score(volume, labels, settings or ScoringSettings(),
+                             previous["calibration_factor"], params).to_dict()
+        else:
+            new = score_labelmap(volume, labels, settings).to_dict()
         for lesion in new["lesions"]:
             lesion["slice"] += z0
         # Keep what the pipeline said about the image (status, calibration, its warnings).

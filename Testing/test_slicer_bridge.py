@@ -8,6 +8,7 @@ scores are computed here from the standard Agatston rules, independently of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-slicer = pytest.importorskip("slicer")
+import slicer  # noqa: E402  (slicer-core wheel: installed by scripts/setup)
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
@@ -507,3 +508,28 @@ def test_scores_json_attribute_is_the_full_result(case):
     assert stored["kvp"] == 100.0
     assert stored["settings"]["threshold_hu"] == 130.0
     assert len(stored["lesions"]) == 3
+
+
+def test_recompute_of_a_ccta_result_keeps_the_calibration_adapted_thresholds(case):
+    """A pipeline result (method "ccta") is rescored with its calibration factor: unedited
+    segments keep the run's scores, which differ from standard 130 HU scoring."""
+    from AutoCACLib.ccta_scoring import CctaScoringParams
+    from AutoCACLib.pipeline import ccta_score
+
+    params = CctaScoringParams(offset_fraction=0.2)
+    calibration = 400.0
+
+    def ccta_pipeline(volume, **kwargs):
+        scores = ccta_score(volume, case.labels, ScoringSettings(), calibration, params).to_dict()
+        scores.update(status="ok", failure_reason=None, method="ccta",
+                      calibration_factor=calibration,
+                      ccta_scoring_params=dataclasses.asdict(params))
+        return SimpleNamespace(labels=case.labels.copy(), scores=scores)
+
+    logic = sb.SceneLogic(case.scene, pipeline=ccta_pipeline)
+    out = logic.run(case.node)
+    run_rows = table_rows(out.table)
+    standard = score_labelmap(case.volume, case.labels).agatston["total"]
+    assert run_rows["Total"]["Agatston"] != pytest.approx(standard)
+    logic.recompute(out.table)
+    assert table_rows(out.table) == run_rows
