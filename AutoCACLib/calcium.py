@@ -4,19 +4,35 @@ Every voxel near the coronary mask (dilated to include the wall and eccentric pl
 to the cross-section of its nearest centerline point. The lumen attenuation at a centerline
 point is the median of the image in a small ball of lumen voxels around it, smoothed along
 the branch by a running median. A voxel is calcium when it exceeds ``lumen_ratio`` (1.25)
-times that lumen attenuation, and (a guard of ours for noisy, dim lumens) the lumen by at
-least ``noise_factor`` noise standard deviations. Where the centerline itself runs through
-calcium (its value would itself pass the threshold set by its neighbourhood along the branch)
-or through something darker than any lumen (non-enhanced plaque, an occlusion), its value is
-unreliable and the threshold there is ``calibrated_ratio`` (1.45) times the calibration
-factor instead (the paper's rule).
+times that lumen attenuation. Where the centerline itself runs through calcium (its value
+would itself pass the threshold set by its neighbourhood along the branch, or exceeds
+``calibrated_ratio`` times the calibration factor) or through something darker than any lumen
+(non-enhanced plaque, an occlusion), its value is unreliable and the threshold there is
+``calibrated_ratio`` (1.45) times the calibration factor instead (the paper's rule).
+
+Guards and refinements of ours:
+
+* The decision is taken on the image smoothed by a Gaussian of ``smooth_mm`` (a matched filter
+  for calcifications of a millimetre or more): it lowers the noise several-fold, so that small,
+  faint calcifications stand out of a noisy lumen, while the scores are still computed on the
+  original image.
+* The threshold never exceeds ``calibrated_ratio`` x the calibration factor on a reliable
+  lumen either: a long calcified plaque contaminates the lumen balls and the running medians
+  along its whole length, and would otherwise lift the threshold above its own calcium.
+* The threshold is at least the lumen plus ``noise_factor`` standard deviations of the
+  (smoothed) image noise, measured in the core of the aorta (a large homogeneous region) when
+  the aorta is given, else per branch from the lumen balls; and at least 130 HU and
+  ``min_threshold_cf_ratio`` x the calibration factor.
 
 A calcification must reach within ``wall_margin_mm`` of the vessel mask and may extend
-``growth_margin_mm`` from it; a bright region that goes on past that is a neighbouring
-structure (pulmonary artery, cardiac chamber, vein) and does not count. Calcium within
-``aorta_margin_mm`` of the aorta never counts (aortic wall and root calcium, and the bright
-aortic lumen at the ostia); what was removed that way is reported as a warning. Candidate
-regions smaller than ``min_volume_mm3`` (noise peaks of a bright lumen) are dropped.
+``growth_margin_mm`` from it (calcified plaque is a few millimetres thick at most); a bright
+region that goes on past that is a neighbouring structure (pulmonary artery, cardiac chamber,
+vein) and does not count; where a calcification touches such a structure, the merged region
+is first cut at ``calibrated_ratio`` x the calibration factor and at ``lumen_ratio`` x the
+neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta never counts
+(aortic wall and root calcium, and the bright aortic lumen at the ostia); what was removed
+that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
+dropped.
 """
 
 from __future__ import annotations
@@ -41,7 +57,8 @@ class CalciumParams:
     lumen_ratio : float
         Calcium exceeds this times the lumen attenuation of its cross-section.
     calibrated_ratio : float
-        ... or this times the calibration factor where the centerline value is unreliable.
+        ... or this times the calibration factor where the centerline value is unreliable;
+        the threshold never exceeds it (see the module docstring).
     wall_margin_mm : float
         Calcium must reach within this distance of the vessel mask (wall calcium).
     growth_margin_mm : float
@@ -58,9 +75,12 @@ class CalciumParams:
     low_lumen_ratio : float
         A centerline value below this times the robust level is unreliable too.
     noise_factor : float
-        The threshold is also at least the lumen plus this many noise standard deviations
-        (estimated per branch from the lumen balls), so that image noise in a dim lumen
-        does not pass as calcium.
+        The threshold is also at least the lumen plus this many standard deviations of the
+        noise of the smoothed image, so that image noise in a dim lumen does not pass as
+        calcium.
+    smooth_mm : float
+        Standard deviation of the Gaussian applied to the image before thresholding
+        (0: none).
     min_threshold_hu : float
         No threshold is set below this (the standard 130 HU calcium floor).
     min_threshold_cf_ratio : float
@@ -75,12 +95,13 @@ class CalciumParams:
     lumen_ratio: float = 1.25
     calibrated_ratio: float = 1.45
     wall_margin_mm: float = 1.0
-    growth_margin_mm: float = 3.0
+    growth_margin_mm: float = 5.0
     lumen_ball_mm: float = 0.8
     lumen_window_mm: float = 4.0
     reference_window_mm: float = 20.0
     low_lumen_ratio: float = 0.5
     noise_factor: float = 3.5
+    smooth_mm: float = 0.3
     min_threshold_hu: float = 130.0
     min_threshold_cf_ratio: float = 0.75
     min_volume_mm3: float = 0.5
@@ -106,7 +127,7 @@ class BranchProfile:
     threshold_hu : ndarray
         The calcium threshold of each point's cross-section.
     noise_sd_hu : float
-        Robust noise estimate of the branch's lumen.
+        Noise standard deviation used by the noise guard.
     """
 
     vessel: str
@@ -160,8 +181,11 @@ def _running_nanmedian(values: np.ndarray, arc: np.ndarray, window_mm: float) ->
 
 
 def _branch_profile(image, lumen, points, arc, offsets, params, calibration_factor, vessel,
-                    index):
-    """Lumen attenuation, noise and calcium threshold along one branch (module docstring)."""
+                    index, noise_sd=None):
+    """Lumen attenuation and calcium threshold along one branch (module docstring).
+
+    ``noise_sd`` is the image's noise; without it, it is estimated from the lumen balls.
+    """
     pts = points[:, None, :] + offsets[None]
     inside = np.all((pts >= 0) & (pts < image.shape), axis=2)
     pts = np.clip(pts, 0, np.array(image.shape) - 1)
@@ -171,24 +195,46 @@ def _branch_profile(image, lumen, points, arc, offsets, params, calibration_fact
     use = np.where(in_lumen.any(axis=1)[:, None], in_lumen, inside)
     samples = np.where(use, image[at].astype(float), np.nan)
     centerline = np.nanmedian(samples, axis=1)
+    ceiling = params.calibrated_ratio * calibration_factor
     reference = _running_nanmedian(centerline, arc, params.reference_window_mm)
     unreliable = ((centerline > params.lumen_ratio * reference)
-                  | (centerline < params.low_lumen_ratio * reference))
+                  | (centerline < params.low_lumen_ratio * reference)
+                  | (centerline > ceiling))
     lumen_hu = _running_nanmedian(np.where(unreliable, np.nan, centerline), arc,
                                   params.lumen_window_mm)
-    # Noise: scaled median absolute deviation of the ball samples from their point's median.
-    noise_sd = 1.4826 * float(np.nanmedian(np.abs(samples - centerline[:, None])))
-    fallback = np.isnan(lumen_hu)
+    if noise_sd is None:
+        # Scaled median absolute deviation of the ball samples from their point's median.
+        noise_sd = 1.4826 * float(np.nanmedian(np.abs(samples - centerline[:, None])))
+    fallback = np.isnan(lumen_hu) | unreliable
     lumen_level = np.nan_to_num(lumen_hu)
-    threshold = np.where(fallback, params.calibrated_ratio * calibration_factor,
-                         np.maximum(params.lumen_ratio * lumen_level,
-                                    lumen_level + params.noise_factor * noise_sd))
+    threshold = np.maximum(np.minimum(params.lumen_ratio * lumen_level, ceiling),
+                           lumen_level + params.noise_factor * noise_sd)
     # Calcified points take the calibrated threshold even when neighbours give a lumen value.
-    threshold = np.where(unreliable, params.calibrated_ratio * calibration_factor, threshold)
+    threshold = np.where(fallback, ceiling, threshold)
     threshold = np.maximum(threshold, max(params.min_threshold_hu,
                                           params.min_threshold_cf_ratio * calibration_factor))
-    return BranchProfile(vessel, index, centerline, lumen_hu, unreliable | fallback, threshold,
-                         noise_sd)
+    return BranchProfile(vessel, index, centerline, lumen_hu, fallback, threshold,
+                         float(noise_sd))
+
+
+def _aorta_noise_sd(image: np.ndarray, aorta: np.ndarray, spacing: np.ndarray,
+                    depth_mm: float = 3.0, min_voxels: int = 500) -> float | None:
+    """Robust standard deviation of the image in the aorta's core (None if too small or flat).
+
+    The scaled median absolute deviation around the median of the voxels deeper than
+    ``depth_mm`` inside the aorta: a large region of uniform attenuation, so its spread is the
+    image noise.
+    """
+    if not aorta.any():
+        return None
+    found = np.argwhere(aorta)
+    box = tuple(slice(a, b + 1) for a, b in zip(found.min(0), found.max(0)))
+    core = ndi.distance_transform_edt(np.pad(aorta[box], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    values = image[box][core > depth_mm]
+    if values.size < min_voxels:
+        return None
+    sd = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return sd if sd > 1.0 else None
 
 
 def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
@@ -237,7 +283,11 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     lo = np.maximum(found.min(axis=0) - grow, 0)
     hi = np.minimum(found.max(axis=0) + grow + 1, image.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    img, lum = image[box], lumen[box]
+    img, lum = image[box].astype(np.float32), lumen[box]
+    if params.smooth_mm > 0:
+        img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
+    aorta = None if aorta_mask is None else np.asarray(aorta_mask, dtype=bool)[box]
+    noise_sd = None if aorta is None else _aorta_noise_sd(img, aorta, sp)
 
     ball = _ball(max(params.lumen_ball_mm, float(sp.max())), sp)
     offsets = np.argwhere(ball) - np.array(ball.shape) // 2
@@ -245,7 +295,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     for vessel in vessels:
         for index, line in enumerate(centerlines_by_vessel[vessel]):
             prof = _branch_profile(img, lum, line.points - lo, line.arc_length_mm, offsets,
-                                   params, calibration_factor, vessel, index)
+                                   params, calibration_factor, vessel, index, noise_sd)
             profiles.append(prof)
             point_mm.append((line.points - lo) * sp)
             point_vessel.append(np.full(len(line), VESSELS.index(vessel) + 1, np.uint8))
@@ -267,17 +317,30 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                        for a in (voxels, nearest))
     candidate = np.zeros(img.shape, dtype=np.uint8)
     candidate[tuple(voxels.T)] = point_vessel[nearest]
+    # A calcification touching a bright neighbour (a chamber, the pulmonary artery) merges
+    # with it: such a region is cut at the calibrated threshold and at ``lumen_ratio`` times
+    # the neighbour's own level (its median beyond the growth margin) before the neighbour is
+    # dropped, so that the calcification is not dropped with it.
+    beyond = depth > params.growth_margin_mm
+    parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
+    merged = np.unique(parts[beyond & (parts > 0)])
+    if merged.size:
+        level = np.full(n + 1, -np.inf)
+        level[merged] = np.maximum(
+            params.calibrated_ratio * calibration_factor,
+            params.lumen_ratio * np.asarray(ndi.median(img, np.where(beyond, parts, 0),
+                                                       merged)))
+        candidate[img <= level[parts]] = 0
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     keep = np.zeros(n + 1, dtype=bool)
     keep[parts[depth <= params.wall_margin_mm]] = True
-    keep[parts[depth > params.growth_margin_mm]] = False
+    keep[parts[beyond]] = False
     keep[0] = False
     candidate[~keep[parts]] = 0
 
     detection = CalciumDetection(out, profiles)
     voxel_mm3 = float(np.prod(sp))
-    if aorta_mask is not None:
-        aorta = np.asarray(aorta_mask, dtype=bool)[box]
+    if aorta is not None:
         surface = np.argwhere(aorta & ~ndi.binary_erosion(aorta))
         found = np.argwhere(candidate)
         if len(surface) and len(found):

@@ -11,8 +11,11 @@ threshold and weight bins moved to where CSCT values would land on this CCTA::
 
 with CF the calibration factor (representative coronary lumen attenuation, HU) and
 ``kvp_calcium_factor`` the hydroxyapatite factor of :mod:`AutoCACLib.scoring` (1 when the kVp
-is unknown; the CF term then carries the tube voltage, as in the paper). The parameters are
-fitted against CSCT reference scores by :func:`fit_ccta_scoring`.
+is unknown; the CF term then carries the tube voltage, as in the paper). Each lesion's
+Agatston score and volume are then multiplied by ``agatston_scale`` and ``volume_scale``: thin
+(0.5-0.75 mm) contrast slices show calcium sharper than the 3 mm CSCT, whose blur and partial
+volume spread each calcification over a larger area at 130 HU. The parameters are fitted
+against CSCT reference scores by :func:`fit_ccta_scoring`.
 """
 
 from __future__ import annotations
@@ -40,12 +43,17 @@ class CctaScoringParams:
         Power of the hydroxyapatite kVp factor in the gain (1: the physical factor).
     reference_cf_hu : float
         Calibration factor at which the CF term of the gain is 1.
+    agatston_scale, volume_scale : float
+        Multiply the CCTA lesions' Agatston scores / volumes (and masses), on top of the
+        base settings' own scales.
     """
 
     offset_fraction: float = 0.0
     cf_exponent: float = 0.0
     kvp_exponent: float = 1.0
     reference_cf_hu: float = 350.0
+    agatston_scale: float = 1.0
+    volume_scale: float = 1.0
 
     def gain(self, calibration_factor: float, kvp: float | None = None) -> float:
         kvp_term = 1.0 if kvp is None else kvp_calcium_factor(kvp) ** self.kvp_exponent
@@ -67,8 +75,9 @@ def ccta_scoring_settings(calibration_factor: float,
         Tube voltage of the CCTA.
     base : ScoringSettings
         The CSCT conventions to adapt (connectivity, lesion dimension, minimum area... are
-        kept; the threshold and weight bins are moved; ``kvp_specific`` is switched off since
-        the tube voltage is accounted for here).
+        kept; the threshold and weight bins are moved; the score scales are multiplied by
+        ``params``'; ``kvp_specific`` is switched off since the tube voltage is accounted for
+        here).
 
     Returns
     -------
@@ -81,7 +90,8 @@ def ccta_scoring_settings(calibration_factor: float,
     return dataclasses.replace(
         base, threshold_hu=base.threshold_hu * gain + offset,
         weight_thresholds_hu=tuple(t * gain + offset for t in base.weight_thresholds_hu),
-        kvp_specific=False)
+        kvp_specific=False, agatston_scale=base.agatston_scale * params.agatston_scale,
+        volume_scale=base.volume_scale * params.volume_scale)
 
 
 @dataclass

@@ -67,8 +67,10 @@ def test_eccentric_blob_found_at_several_lumen_levels(lumen_hu, blob_hu):
     assert set(np.unique(result.labels)) == {0, 2}
     true_volume = 4 / 3 * np.pi * blob_radius ** 3
     found_volume = found.sum() * np.prod(SPACING)
-    # Blur blooms the blob where the threshold is low relative to it; never by half.
-    assert 0.6 * true_volume <= found_volume <= 1.5 * true_volume, (found_volume, true_volume)
+    # Blur (the scanner's and the 0.3 mm smoothing of the detection) blooms the blob where
+    # the threshold is low relative to it; never by much more than half (the CCTA score
+    # scales are fitted on top of this).
+    assert 0.6 * true_volume <= found_volume <= 1.6 * true_volume, (found_volume, true_volume)
     # Everything found is the blob (blur spreads it by a voxel or so), nothing elsewhere.
     assert np.all(_distance_mm(truth)[found] <= 1.2)
     assert not result.warnings
@@ -82,10 +84,10 @@ def test_bright_lumen_without_calcium_gives_nothing(lumen_hu):
 
 def test_grainy_noise_in_a_dim_lumen_is_not_calcium():
     # Correlated noise of 40 HU on a 250 HU lumen makes clusters above 1.25 x lumen; the
-    # noise guard (lumen + 3.5 noise SD) keeps them out.
+    # smoothing and the noise guard (lumen + 3.5 noise SD) keep them out.
     cases = [_case(250, seed=10 + s, noise=40.0, noise_grain_mm=0.3)[:2] for s in range(3)]
     assert not any(_detect(image, lumen, cf=250).labels.any() for image, lumen in cases)
-    unguarded = CalciumParams(noise_factor=0.0)
+    unguarded = CalciumParams(noise_factor=0.0, smooth_mm=0.0)
     assert any(_detect(image, lumen, cf=250, params=unguarded).labels.any()
                for image, lumen in cases)
 
@@ -149,3 +151,39 @@ def test_no_centerlines_or_vessels_gives_empty_labels():
     labels = np.where(lumen, VESSEL_LABEL["LAD"], 0)
     empty = detect_calcium(image, SPACING, labels, {}, 400.0)
     assert not empty.labels.any() and empty.labels.shape == image.shape
+
+
+def test_long_calcified_plaque_does_not_lift_its_own_threshold():
+    # Calcium along 24 mm of the wall raises the lumen balls (blur) and the 20 mm running
+    # medians along its whole length; the threshold stays capped at 1.45 x the calibration
+    # factor, so the plaque is found along its length.
+    blobs = [(x, 1.0, 700, RADIUS - 0.2) for x in np.arange(8.0, 32.0, 0.5)]
+    image, lumen, truth = _case(400, blobs, seed=21)
+    result = _detect(image, lumen, cf=400)
+    found = result.labels > 0
+    assert found.sum() >= 0.5 * truth.sum()  # the blurred rim below 1.45 x CF is lost
+    along = np.flatnonzero(found.any(axis=(0, 1))) * SPACING[2]
+    assert along.min() < 10.0 and along.max() > 30.0
+    assert np.all(_distance_mm(truth)[found] <= 1.2)
+    assert max(p.threshold_hu.max() for p in result.profiles) <= 1.45 * 400 + 1e-6
+
+
+def test_thick_plaque_reaching_4_mm_from_the_lumen_is_kept_whole():
+    # A calcification bulging 4 mm out of the wall is still calcium (the growth margin is
+    # 5 mm); a neighbouring structure going on past the margin is not (test above).
+    image, lumen, truth = _case(350, [(20.0, 2.0, 900, RADIUS + 1.9)], seed=22)
+    found = _detect(image, lumen, cf=350).labels > 0
+    assert _distance_mm(lumen)[truth].max() > 3.5
+    assert found.sum() >= 0.8 * truth.sum()
+
+
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_small_faint_calcification_in_a_noisy_lumen_is_found(seed):
+    # 1 mm radius, 1.75 x the lumen before blur (about 1.5 x after it), 40 HU noise (fainter
+    # ones are not found reliably: the noise guard sits at about 1.4 x this lumen).
+    image, lumen, truth = _case(300, [(20.0, 1.0, 525, RADIUS)], seed=seed, noise=40.0,
+                                noise_grain_mm=0.3)
+    params = CalciumParams(lumen_ratio=1.15)
+    found = _detect(image, lumen, cf=300, params=params).labels > 0
+    assert (found & truth).any()
+    assert np.all(_distance_mm(truth)[found] <= 1.5)
