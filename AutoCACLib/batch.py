@@ -83,9 +83,10 @@ class TerminalProgress:
             if fraction >= 1.0:
                 self.stream.write("\n")
             self.stream.flush()
-        elif stage.split(":")[0] != self._last:
-            self._last = stage.split(":")[0]
-            print(f"{self.prefix}{self._last}", file=self.stream, flush=True)
+        elif (stage.split(":")[0], int(10 * fraction)) != self._last:
+            # Not a terminal (a log file): one line per stage and per tenth of the run.
+            self._last = (stage.split(":")[0], int(10 * fraction))
+            print(f"{self.prefix}{100 * fraction:3.0f}% {stage}", file=self.stream, flush=True)
 
 
 def run_one(image_path: Path, out_dir: Path, device: str, settings, models,

@@ -37,6 +37,14 @@ def _add_scoring_options(p: argparse.ArgumentParser) -> None:
                    help="mg HA/cm^3 per HU, for the mass score")
 
 
+def _add_device_options(p: argparse.ArgumentParser, models: bool = True) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the networks run (auto: the GPU when there is one)")
+    if models:
+        p.add_argument("--models", type=Path, default=None, metavar="DIR",
+                       help="folder of trained models (default: the shipped Resources/Models)")
+
+
 def _settings(args):
     from .scoring import ScoringSettings
 
@@ -183,16 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary.csv.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--models", type=Path, default=None, metavar="DIR",
-                   help="folder of trained models (default: the shipped Resources/Models)")
+    _add_device_options(p)
     _add_scoring_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="run the pipeline on a built-in synthetic CCTA")
     p.add_argument("--out", type=Path, default=Path("autocac-demo"), metavar="DIR",
                    help="output folder (default autocac-demo)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device_options(p, models=False)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="pipeline vs CSCT reference on a synthetic cohort",
@@ -201,8 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary.json, tables.md and agreement.png into DIR.")
     p.add_argument("cohort", type=Path)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--models", type=Path, default=None, metavar="DIR")
+    _add_device_options(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -210,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs the pipeline on a synthetic 512x512x280 CCTA "
                                    "(0.4x0.4x0.5 mm) and reports seconds per stage and peak "
                                    "memory.")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--models", type=Path, default=None, metavar="DIR")
+    _add_device_options(p)
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(func=_cmd_benchmark)
 
@@ -227,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--base", type=int, default=8, help="network width (first stage channels)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_device_options(p, models=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-remap", default=None, metavar="V=NAME,...",
                    help="name the values of label-map images, e.g. 1=Coronary or 1=Aorta,2=LAD")

@@ -220,13 +220,9 @@ def histogram_normalized(array: np.ndarray) -> np.ndarray:
     Soft tissue and the contrast blood pool land on fixed values whatever the tube voltage
     and bolus timing (:func:`AutoCACLib.preprocess.fit_histogram_normalization`).
     """
-    from .preprocess import PreprocessParams, fit_gmm_histogram, fit_histogram_normalization
+    from .preprocess import fit_attenuation_normalization
 
-    params = PreprocessParams()
-    gmm = fit_gmm_histogram(array, params.n_components, params.fit_range_hu,
-                            params.bin_width_hu)
-    return fit_histogram_normalization(gmm, params.reference_soft_tissue,
-                                       params.reference_blood_pool).apply(array)
+    return fit_attenuation_normalization(array)[1].apply(array)
 
 
 def network_source(array: np.ndarray, normalization: dict,

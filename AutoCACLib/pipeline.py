@@ -30,8 +30,8 @@ from .volume import Volume, check_is_ct
 Progress = Callable[[str, float], None]
 
 #: Stage names in order, with the share of a typical run's time (for progress bars).
-STAGES = (("check", 0.01), ("preprocess", 0.05), ("networks", 0.5), ("calibration", 0.04),
-          ("postprocess", 0.15), ("centerlines", 0.1), ("calcium", 0.1), ("scoring", 0.05))
+STAGES = (("check", 0.01), ("preprocess", 0.05), ("networks", 0.5), ("postprocess", 0.15),
+          ("calibration", 0.04), ("centerlines", 0.1), ("calcium", 0.1), ("scoring", 0.05))
 
 #: Files beside the network weights in the models folder.
 CALIBRATION_MODEL_FILE = "calibration.json"
@@ -129,6 +129,56 @@ def ccta_score(volume: Volume, labels: np.ndarray, settings: ScoringSettings,
                          effective, kvp=volume.kvp)
 
 
+@dataclass
+class CoronaryTree:
+    """The segmentation stages' output (networks + post-processing) on the image grid.
+
+    Attributes
+    ----------
+    labels : ndarray of uint8
+        AutoCAC label map with the aorta and the vessel lumens (no calcium yet).
+    aorta : ndarray of bool
+    vessel_index : ndarray of uint8
+        0 none, 1..4 = LM, LAD, LCx, RCA (post-processed).
+    qc : PostprocessQC
+    network : NetworkSegmentation
+    """
+
+    labels: np.ndarray
+    aorta: np.ndarray
+    vessel_index: np.ndarray
+    qc: object
+    network: object
+
+
+def segment_coronary_tree(volume: Volume, normalized: np.ndarray, models: dict,
+                          device: str = "auto", progress: Progress | None = None,
+                          lap: Callable[[str], None] | None = None,
+                          stage: Callable[[str], None] | None = None) -> CoronaryTree:
+    """Aorta and coronary networks, then post-processing (remove, reconnect, label).
+
+    ``stage``/``lap`` are the pipeline's stage bookkeeping (None outside the pipeline).
+    """
+    from .inference import segment_networks
+    from .postprocess import postprocess_coronaries
+
+    stage, lap = stage or (lambda name: None), lap or (lambda name: None)
+    seg = segment_networks(volume, normalized=normalized, device=device,
+                           models=models["networks"], progress=progress)
+    lap("networks")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[seg.aorta] = AORTA_LABEL
+    if seg.coronary_classes != ("background", *VESSELS):
+        raise InputError("the coronary model has no vessel names (trained on binary labels): "
+                         "retrain it on labelled vessels to score per vessel")
+    stage("postprocess")
+    post = postprocess_coronaries(seg.coronary, volume.array, volume.spacing, seg.aorta)
+    lap("postprocess")
+    for i, vessel in enumerate(VESSELS, start=1):
+        labels[post.labels == i] = VESSEL_LABEL[vessel]
+    return CoronaryTree(labels, seg.aorta, post.labels, post.qc, seg)
+
+
 def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings | None = None,
                  progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
                  models: dict | None = None, models_dir: str | Path | None = None,
@@ -161,9 +211,7 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     from .calcium import detect_calcium
     from .calibration import calibration_factor as estimate_calibration
     from .centerlines import vessel_centerlines
-    from .inference import segment_networks
-    from .postprocess import postprocess_coronaries
-    from .preprocess import fit_gmm_histogram, fit_histogram_normalization
+    from .preprocess import fit_attenuation_normalization
 
     settings = settings or ScoringSettings()
     progress = progress or (lambda stage, fraction: None)
@@ -195,8 +243,7 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     lap("check")
 
     stage("preprocess")
-    gmm = fit_gmm_histogram(image)
-    normalization = fit_histogram_normalization(gmm)
+    _, normalization = fit_attenuation_normalization(image)
     blood_pool = float(normalization.blood_pool_hu)
     lap("preprocess")
     if blood_pool < _MIN_BLOOD_POOL_HU:
@@ -211,20 +258,25 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     stage("networks")
     if models is None:
         models = load_pipeline_models(models_dir, device)
-    seg = segment_networks(volume, normalized=normalized, device=device,
-                           models=models["networks"],
-                           progress=lambda message, f: progress(f"networks: {message}",
-                                                                done[0] - share["networks"]
-                                                                + f * share["networks"]))
-    lap("networks")
-    aorta = seg.aorta
-    labels = np.zeros(volume.shape, np.uint8)
-    labels[aorta] = AORTA_LABEL
-    aorta_ml = aorta.sum() * volume.voxel_volume_mm3 / 1000
-    details = {"network_timings_s": seg.timings_s, "blood_pool_hu": blood_pool}
-    if aorta_ml < _MIN_AORTA_ML:
+    tree = segment_coronary_tree(
+        volume, normalized, models, device,
+        progress=lambda message, f: progress(f"networks: {message}",
+                                             done[0] - share["networks"]
+                                             + f * share["networks"]),
+        lap=lap, stage=stage)
+    aorta, labels = tree.aorta, tree.labels
+    details = {"network_timings_s": tree.network.timings_s, "blood_pool_hu": blood_pool,
+               "postprocess_qc": tree.qc}
+    if aorta.sum() * volume.voxel_volume_mm3 / 1000 < _MIN_AORTA_ML:
         return _failed(volume, "no aorta found: the image may not cover the aortic root or "
                        "may not be a contrast CCTA", timings, warnings, inputs, labels, details)
+    if tree.qc.tree_missing:
+        return _failed(volume, "coronary tree missing: " + " ".join(tree.qc.findings()),
+                       timings, warnings, inputs, labels, details)
+    if tree.qc.fragmented:
+        warnings.append("coronary tree fragmented: " + " ".join(tree.qc.findings()))
+    elif tree.qc.missing:
+        warnings += tree.qc.findings()
 
     stage("calibration")
     cal = estimate_calibration(image, volume.spacing, aorta, models["calibration"],
@@ -232,27 +284,10 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     warnings += cal.warnings
     lap("calibration")
 
-    stage("postprocess")
-    if seg.coronary_classes != ("background", *VESSELS):
-        raise InputError("the coronary model has no vessel names (trained on binary labels): "
-                         "retrain it on labelled vessels to score per vessel")
-    post = postprocess_coronaries(seg.coronary, image, volume.spacing, aorta)
-    lap("postprocess")
-    details["postprocess_qc"] = post.qc
-    for i, vessel in enumerate(VESSELS, start=1):
-        labels[post.labels == i] = VESSEL_LABEL[vessel]
-    if post.qc.tree_missing:
-        return _failed(volume, "coronary tree missing: " + " ".join(post.qc.findings()),
-                       timings, warnings, inputs, labels, details)
-    if post.qc.fragmented:
-        warnings.append("coronary tree fragmented: " + " ".join(post.qc.findings()))
-    elif post.qc.missing:
-        warnings += post.qc.findings()
-
     stage("centerlines")
     centerlines = {}
     for i, vessel in enumerate(VESSELS, start=1):
-        mask = post.labels == i
+        mask = tree.vessel_index == i
         if mask.any():
             centerlines[vessel] = vessel_centerlines(mask, volume.spacing, root_hint=aorta)
     lap("centerlines")

@@ -414,3 +414,68 @@ def load_fitted(folder: str | Path) -> tuple[CalibrationModel, CalciumParams, Cc
     scoring = json.loads((folder / SCORING_PARAMS_FILE).read_text())["params"]
     return (CalibrationModel.load(folder / CALIBRATION_MODEL_FILE), CalciumParams(**calcium),
             CctaScoringParams(**scoring))
+
+
+def case_folders(sources) -> list[Path]:
+    """Case folders with a CSCT reference (``truth.json``) among ``sources``."""
+    folders = []
+    for source in sources:
+        source = Path(source)
+        if (source / "truth.json").is_file():
+            folders.append(source)
+        elif source.is_dir():
+            folders += complete_cases(source)
+    return folders
+
+
+def network_segmenter(models: dict, device: str = "auto") -> Segmenter:
+    """``segment(volume)``: the pipeline's networks and post-processing, as the fit sees them."""
+    from .inference import histogram_normalized
+    from .pipeline import segment_coronary_tree
+
+    def segment(volume: Volume) -> np.ndarray:
+        return segment_coronary_tree(volume, histogram_normalized(volume.array), models,
+                                     device).labels
+    return segment
+
+
+def fit_pipeline(sources, out_dir: str | Path, device: str = "auto", seed: int = 0,
+                 progress: Callable[[str, float], None] | None = None,
+                 calcium_grid: dict | None = None, rounds: int = 1) -> dict:
+    """``autocac train``'s fitting step: calibration, calcium and scoring on network masks.
+
+    The networks already in ``out_dir`` segment each training case (so the fit sees the
+    masks the pipeline will see); the three fitted files are written beside them.
+
+    Returns
+    -------
+    dict
+        Cases used, the fitted parameters and the training-set agreement, or ``skipped``.
+    """
+    from .pipeline import load_pipeline_models
+
+    progress = progress or (lambda message, fraction: None)
+    folders = case_folders(sources)
+    if not folders:
+        return {"skipped": "no training case has a CSCT reference (truth.json): calibration "
+                           "and scoring keep their defaults"}
+    t0 = time.perf_counter()
+    segment = network_segmenter(load_pipeline_models(out_dir, device), device)
+    cases = []
+    for i, folder in enumerate(folders):
+        progress(f"fit: segmenting {folder.name}", 0.6 * i / len(folders))
+        cases.append(prepare_case(folder, segment))
+    progress("fit: calibration", 0.6)
+    calibration = fit_calibration(cases, seed=seed)
+    calcium, scoring = fit_calcium_and_scoring(
+        cases, calibration_model=calibration, calcium_grid=calcium_grid, rounds=rounds,
+        progress=lambda message: progress(f"fit: {message}", 0.7))
+    rows, stats = evaluate_cases(cases, calibration, calcium, scoring)
+    meta = {"cases": [c.name for c in cases], "masks": "trained networks + post-processing",
+            "seed": seed, "runtime_s": round(time.perf_counter() - t0, 1),
+            "training_agreement": {k: stats.get(k) for k in ("n", "ccc", "kappa_linear",
+                                                             "accuracy")}}
+    save_fitted(out_dir, calibration, calcium, scoring, meta)
+    progress("fit: done", 1.0)
+    return {**meta, "calcium": dataclasses.asdict(calcium),
+            "scoring": dataclasses.asdict(scoring), "rows": rows}

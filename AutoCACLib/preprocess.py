@@ -435,6 +435,18 @@ class Preprocessed:
         return self.normalization.blood_pool_hu
 
 
+def fit_attenuation_normalization(values: np.ndarray, params: PreprocessParams = PreprocessParams()
+                                  ) -> tuple[GaussianMixture, HistogramNormalization]:
+    """The histogram model of ``values`` (HU) and the normalization it gives (stage 1a-b).
+
+    The networks are trained and applied on ``normalization.apply(image)``.
+    """
+    gmm = fit_gmm_histogram(values, params.n_components, params.fit_range_hu,
+                            params.bin_width_hu)
+    return gmm, fit_histogram_normalization(gmm, params.reference_soft_tissue,
+                                            params.reference_blood_pool)
+
+
 def preprocess(image: np.ndarray, spacing, mask: np.ndarray | None = None,
                params: PreprocessParams = PreprocessParams()) -> Preprocessed:
     """Normalize a CCTA's attenuation and compute its vesselness.
@@ -456,10 +468,7 @@ def preprocess(image: np.ndarray, spacing, mask: np.ndarray | None = None,
     timings, warnings = {}, []
     t0 = time.perf_counter()
     values = image if mask is None else np.asarray(image)[np.asarray(mask, dtype=bool)]
-    gmm = fit_gmm_histogram(values, params.n_components, params.fit_range_hu,
-                            params.bin_width_hu)
-    norm = fit_histogram_normalization(gmm, params.reference_soft_tissue,
-                                       params.reference_blood_pool)
+    gmm, norm = fit_attenuation_normalization(values, params)
     if not norm.contrast_found:
         warnings.append("low contrast: no contrast-enhanced blood pool found in the "
                         "attenuation histogram")

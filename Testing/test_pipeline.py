@@ -1,0 +1,100 @@
+"""The CCTA pipeline end to end with the shipped models, on small synthetic cases.
+
+These check the contract (what a user and the Slicer module rely on), the failure reasons
+and the batch behaviour; accuracy is measured by ``autocac evaluate`` on clinical-size
+cohorts, not here.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from AutoCACLib.cli import main
+from AutoCACLib.errors import Cancelled
+from AutoCACLib.phantom import make_case
+from AutoCACLib.pipeline import load_pipeline_models, run_pipeline
+from AutoCACLib.segments import SEGMENT_BY_LABEL, VESSELS
+from AutoCACLib.volume import Volume, write_volume
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_pipeline_models(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    return make_case(11, "small", kvp=100, burden="101-400")
+
+
+def test_run_gives_the_scores_contract_and_a_label_map(small_case, models):
+    stages = []
+    result = run_pipeline(small_case.ccta, device="cpu", models=models,
+                          progress=lambda stage, f: stages.append((stage, f)))
+    doc = result.scores
+    assert doc["status"] in ("ok", "failed")
+    assert result.labels.shape == small_case.ccta.shape
+    assert set(np.unique(result.labels)) <= {0, *SEGMENT_BY_LABEL}
+    for key in ("status", "failure_reason", "agatston", "volume_mm3", "category",
+                "calibration_factor", "settings", "timings_s", "warnings"):
+        assert key in doc
+    json.dumps(doc)
+    assert "total" in doc["timings_s"]
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # the small case has 1 mm slices: the user is told
+    assert any("thick" in w for w in doc["warnings"])
+    if doc["status"] == "ok":
+        assert set(doc["agatston"]) == {*VESSELS, "total"}
+        assert doc["calibration_factor"] > 150
+        assert (result.labels == 1).any()   # aorta
+    else:
+        assert doc["failure_reason"]
+
+
+def test_non_contrast_scan_fails_with_a_reason(small_case, models):
+    result = run_pipeline(small_case.csct, device="cpu", models=models)
+    assert result.status == "failed"
+    assert "not contrast-enhanced" in result.scores["failure_reason"]
+    assert result.scores["agatston"] is None
+
+
+def test_image_without_aorta_fails_with_a_reason(models):
+    rng = np.random.default_rng(0)
+    a = rng.normal(40, 15, (40, 96, 96)).astype(np.float32)   # soft tissue block
+    a[:, :, :20] = -900                                          # lung
+    a[:, 40:50, 40:50] = 350                                     # a bright blob, not an aorta
+    result = run_pipeline(Volume(a, (1.0, 0.8, 0.8), kvp=100), device="cpu", models=models)
+    assert result.status == "failed"
+    assert result.scores["failure_reason"]
+
+
+def test_cancel_stops_before_writing_anything(small_case, models):
+    with pytest.raises(Cancelled):
+        run_pipeline(small_case.ccta, device="cpu", models=models, cancel=lambda: True)
+
+
+def test_batch_run_keeps_going_after_a_failed_case(small_case, tmp_path, capsys):
+    write_volume(small_case.ccta, tmp_path / "in" / "good.nrrd")
+    write_volume(small_case.csct, tmp_path / "in" / "plain.nrrd")
+    (tmp_path / "in" / "broken.nrrd").write_text("not an image")
+    assert main(["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 0
+    with open(tmp_path / "out" / "summary.csv") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"good", "plain", "broken"}
+    assert rows["plain"]["status"] == "failed"
+    assert "not contrast-enhanced" in rows["plain"]["failure_reason"]
+    assert rows["broken"]["status"] == "failed"
+    assert "unusable input" in rows["broken"]["failure_reason"]
+    for name in ("scores.json", "segmentation.seg.nrrd", "report.png"):
+        assert (tmp_path / "out" / "good" / name).is_file()
+
+
+def test_single_unusable_input_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "broken.nrrd").write_text("not an image")
+    assert main(["run", str(tmp_path / "broken.nrrd"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autocac: error: cannot read image")
