@@ -84,7 +84,7 @@ def render_report(volume: Volume, labels: np.ndarray, scores: dict, path: str | 
                             left=0.02, right=0.98, top=0.9, bottom=0.04)
     aspect_ax = volume.spacing[1] / volume.spacing[2]
     box = _crop_box(labels, volume.shape[1:])
-    for i, z in enumerate(_pick_slices(labels, 3)):
+    for i, z in enumerate(_pick_slices(labels, 4)):
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(volume.array[z][box], cmap="gray", vmin=_WINDOW[0], vmax=_WINDOW[1],
                   aspect=aspect_ax, interpolation="nearest")
