@@ -70,8 +70,8 @@ def collect_cases(inputs: list[Path]) -> list[tuple[str, Path]]:
 class TerminalProgress:
     """A one-line progress display on stderr (plain lines when not a terminal)."""
 
-    def __init__(self, prefix: str = "", stream=sys.stderr):
-        self.prefix, self.stream = prefix, stream
+    def __init__(self, prefix: str = "", stream=None):
+        self.prefix, self.stream = prefix, stream or sys.stderr
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self._last = None
 

@@ -38,7 +38,7 @@ CALIBRATION_MODEL_FILE = "calibration.json"
 SCORING_PARAMS_FILE = "ccta_scoring.json"
 CALCIUM_PARAMS_FILE = "calcium.json"
 
-_MIN_BLOOD_POOL_HU = 180.0   # below this the blood pool is not contrast-enhanced
+_MIN_BLOOD_POOL_HU = 180.0   # an aorta below this is not contrast-enhanced
 _LOW_CONTRAST_HU = 250.0     # below this, warn: weak enhancement
 _MIN_AORTA_ML = 5.0          # less aorta than this: "no aorta found"
 
@@ -246,13 +246,10 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     _, normalization = fit_attenuation_normalization(image)
     blood_pool = float(normalization.blood_pool_hu)
     lap("preprocess")
-    if blood_pool < _MIN_BLOOD_POOL_HU:
-        return _failed(volume, f"not contrast-enhanced: no blood pool brighter than "
-                       f"{_MIN_BLOOD_POOL_HU:.0f} HU was found (brightest soft-tissue class "
-                       f"{blood_pool:.0f} HU); score a non-contrast scan with 'autocac score'",
+    if not normalization.contrast_found:
+        return _failed(volume, "not contrast-enhanced: the attenuation histogram has no "
+                       "contrast blood pool; score a non-contrast scan with 'autocac score'",
                        timings, warnings, inputs)
-    if blood_pool < _LOW_CONTRAST_HU:
-        warnings.append(f"low contrast enhancement (blood pool {blood_pool:.0f} HU)")
     normalized = normalization.apply(image)
 
     stage("networks")
@@ -268,8 +265,17 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     details = {"network_timings_s": tree.network.timings_s, "blood_pool_hu": blood_pool,
                "postprocess_qc": tree.qc}
     if aorta.sum() * volume.voxel_volume_mm3 / 1000 < _MIN_AORTA_ML:
-        return _failed(volume, "no aorta found: the image may not cover the aortic root or "
-                       "may not be a contrast CCTA", timings, warnings, inputs, labels, details)
+        return _failed(volume, "no contrast-enhanced aorta found: the image may not be a "
+                       "contrast CCTA, or may not cover the aortic root", timings, warnings,
+                       inputs, labels, details)
+    aorta_hu = float(np.median(image[aorta]))
+    details["aorta_median_hu"] = aorta_hu
+    if aorta_hu < _MIN_BLOOD_POOL_HU:
+        return _failed(volume, f"not contrast-enhanced: the aorta measures {aorta_hu:.0f} HU "
+                       f"(a CCTA's is usually above 250 HU); score a non-contrast scan with "
+                       f"'autocac score'", timings, warnings, inputs, labels, details)
+    if aorta_hu < _LOW_CONTRAST_HU:
+        warnings.append(f"low contrast enhancement: the aorta measures {aorta_hu:.0f} HU")
     if tree.qc.tree_missing:
         return _failed(volume, "coronary tree missing: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)

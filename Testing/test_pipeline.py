@@ -44,8 +44,8 @@ def test_run_gives_the_scores_contract_and_a_label_map(small_case, models):
     assert "total" in doc["timings_s"]
     fractions = [f for _, f in stages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    # the small case has 1 mm slices: the user is told
-    assert any("thick" in w for w in doc["warnings"])
+    # the small case has 1.06 mm pixels: the user is told
+    assert any("in-plane pixels are 1.1 mm" in w for w in doc["warnings"])
     if doc["status"] == "ok":
         assert set(doc["agatston"]) == {*VESSELS, "total"}
         assert doc["calibration_factor"] > 150
@@ -57,7 +57,7 @@ def test_run_gives_the_scores_contract_and_a_label_map(small_case, models):
 def test_non_contrast_scan_fails_with_a_reason(small_case, models):
     result = run_pipeline(small_case.csct, device="cpu", models=models)
     assert result.status == "failed"
-    assert "not contrast-enhanced" in result.scores["failure_reason"]
+    assert "contrast" in result.scores["failure_reason"]
     assert result.scores["agatston"] is None
 
 
@@ -86,7 +86,7 @@ def test_batch_run_keeps_going_after_a_failed_case(small_case, tmp_path, capsys)
         rows = {r["case"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"good", "plain", "broken"}
     assert rows["plain"]["status"] == "failed"
-    assert "not contrast-enhanced" in rows["plain"]["failure_reason"]
+    assert "contrast" in rows["plain"]["failure_reason"]
     assert rows["broken"]["status"] == "failed"
     assert "unusable input" in rows["broken"]["failure_reason"]
     for name in ("scores.json", "segmentation.seg.nrrd", "report.png"):
