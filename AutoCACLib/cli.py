@@ -123,7 +123,9 @@ def _cmd_demo(args) -> int:
 def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate_cohort
 
-    evaluate_cohort(args.cohort, args.out, args.device, args.models, args.limit)
+    if args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    evaluate_cohort(args.cohort, args.out, args.device, args.models, args.limit, args.jobs)
     print((args.out / "tables.md").read_text())
     return 0
 
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     _add_device_options(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    p.add_argument("--jobs", type=int, default=1, help="cases run in parallel (processes)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("benchmark", help="per-stage time and peak memory, clinical-size case",

@@ -178,29 +178,59 @@ def plot_agreement(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+_WORKER_MODELS: dict = {}
+
+
+def _worker_init(models_dir, device: str) -> None:
+    import torch
+
+    from .pipeline import load_pipeline_models
+
+    torch.set_num_threads(1)
+    _WORKER_MODELS["models"] = load_pipeline_models(models_dir, device)
+    _WORKER_MODELS["device"] = device
+
+
+def _worker_case(folder: Path) -> dict:
+    return evaluate_case(folder, _WORKER_MODELS["models"], _WORKER_MODELS["device"])
+
+
 def evaluate_cohort(cohort: Path, out: Path, device: str = "auto", models_dir=None,
-                    limit: int | None = None) -> dict:
-    """Run and compare every case folder of ``cohort`` (those with ``truth.json``)."""
+                    limit: int | None = None, jobs: int = 1) -> dict:
+    """Run and compare every case folder of ``cohort`` (those with ``truth.json``).
+
+    ``jobs`` > 1 runs cases in that many worker processes (one torch thread each).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
     from .errors import InputError
     from .pipeline import load_pipeline_models
 
     folders = sorted(p.parent for p in Path(cohort).glob("*/truth.json"))[:limit]
     if not folders:
         raise InputError(f"no case folders with truth.json in {cohort}")
-    models = load_pipeline_models(models_dir, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        pool = ProcessPoolExecutor(jobs, initializer=_worker_init,
+                                   initargs=(models_dir, device))
+        results = pool.map(_worker_case, folders)
+    else:
+        models = load_pipeline_models(models_dir, device)
+        pool = None
+        results = (evaluate_case(folder, models, device) for folder in folders)
     rows = []
-    for k, folder in enumerate(folders, start=1):
-        row = evaluate_case(folder, models, device)
+    for k, row in enumerate(results, start=1):
         rows.append(row)
-        print(f"[{k}/{len(folders)}] {folder.name} {row['kvp']} kVp: CSCT "
+        print(f"[{k}/{len(folders)}] {row['case']} {row['kvp']} kVp: CSCT "
               f"{row['ref_total']:.1f}, CCTA {row['test_total']:.1f} ({row['status']}, "
-              f"{row['seconds']:.0f} s)", file=sys.stderr)
+              f"{row['seconds']:.0f} s)", file=sys.stderr, flush=True)
         with open(out / "cases.csv", "w", newline="") as f:   # rewritten: partial results kept
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if pool is not None:
+        pool.shutdown()
     summary = summarize(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "tables.md").write_text(tables_markdown(summary))
