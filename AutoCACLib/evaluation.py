@@ -172,7 +172,7 @@ def plot_agreement(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("CCTA - CSCT")
     handles = [plt.Line2D([], [], marker="o", ls="", color=v, label=f"{k} kVp")
                for k, v in colors.items()]
-    fig.legend(handles=handles, loc="upper right")
+    axes[0, 0].legend(handles=handles, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
