@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (installed by scripts/setup)
 
 from AutoCACLib.errors import InputError  # noqa: E402
 from AutoCACLib.inference import (AORTA_CLASSES, VESSEL_CLASSES, MissingModelError, Model,  # noqa: E402
