@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,14 @@ def _has_dicom(folder: Path) -> bool:
     return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
+def _case_image(folder: Path) -> Path | None:
+    """What to run in a folder: its ``ccta.*`` image, itself when it is a DICOM series."""
+    own = [folder / n for n in CASE_IMAGE_NAMES if (folder / n).exists()]
+    if own:
+        return own[0]
+    return folder if _has_dicom(folder) else None
+
+
 def collect_cases(inputs: list[Path]) -> list[tuple[str, Path]]:
     """(case name, image path or DICOM folder) for each input.
 
@@ -41,20 +48,16 @@ def collect_cases(inputs: list[Path]) -> list[tuple[str, Path]]:
         if path.is_file():
             cases.append((path.name.split(".")[0], path))
             continue
-        own = [path / n for n in CASE_IMAGE_NAMES if (path / n).exists()]
-        if own:
-            cases.append((path.name, own[0]))
-        elif _has_dicom(path):
-            cases.append((path.name, path))
+        image = _case_image(path)
+        if image is not None:
+            cases.append((path.name, image))
         else:
             found = []
             for child in sorted(path.iterdir()):
                 if child.is_dir():
-                    own = [child / n for n in CASE_IMAGE_NAMES if (child / n).exists()]
-                    if own:
-                        found.append((child.name, own[0]))
-                    elif _has_dicom(child):
-                        found.append((child.name, child))
+                    image = _case_image(child)
+                    if image is not None:
+                        found.append((child.name, image))
                 elif _is_image(child):
                     found.append((child.name.split(".")[0], child))
             if not found:
@@ -89,14 +92,24 @@ class TerminalProgress:
             print(f"{self.prefix}{100 * fraction:3.0f}% {stage}", file=self.stream, flush=True)
 
 
+def write_outputs(out_dir: Path, volume, result, title: str) -> None:
+    """Write a pipeline result: ``segmentation.seg.nrrd``, ``scores.json``, ``report.png``."""
+    from .report import render_report
+    from .results import write_json
+    from .segmentation_io import write_segmentation
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_segmentation(out_dir / "segmentation.seg.nrrd", result.labels, volume)
+    write_json(result.scores, out_dir / "scores.json")
+    render_report(volume, result.labels, result.scores, out_dir / "report.png", title=title)
+
+
 def run_one(image_path: Path, out_dir: Path, device: str, settings, models,
             progress=None) -> dict:
     """Run the pipeline on one input and write ``scores.json``, ``segmentation.seg.nrrd``
     and ``report.png`` into ``out_dir``. Returns the scores document."""
     from .pipeline import run_pipeline
-    from .report import render_report
-    from .results import write_json
-    from .segmentation_io import write_segmentation
     from .volume import read_volume
 
     t0 = time.perf_counter()
@@ -106,11 +119,7 @@ def run_one(image_path: Path, out_dir: Path, device: str, settings, models,
                           models=models, inputs={"image": str(image_path)})
     result.scores["timings_s"]["read"] = round(read_s, 3)
     result.scores["timings_s"]["total"] = round(result.scores["timings_s"]["total"] + read_s, 3)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_segmentation(out_dir / "segmentation.seg.nrrd", result.labels, volume)
-    write_json(result.scores, out_dir / "scores.json")
-    render_report(volume, result.labels, result.scores, out_dir / "report.png",
-                  title=f"AutoCAC: {Path(image_path).name}")
+    write_outputs(out_dir, volume, result, f"AutoCAC: {Path(image_path).name}")
     return result.scores
 
 

@@ -46,6 +46,7 @@ from scipy.spatial import cKDTree
 
 from .centerlines import Centerline
 from .segments import VESSEL_LABEL, VESSELS
+from .structuring import ball
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,6 @@ class CalciumDetection:
     warnings: list[str] = field(default_factory=list)
 
 
-def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Boolean ball of ``radius_mm`` on the voxel grid (odd size, centred)."""
-    half = np.floor(radius_mm / spacing).astype(int)
-    grid = np.indices(2 * half + 1).reshape(3, -1).T - half
-    ball = np.zeros(2 * half + 1, dtype=bool)
-    ball[tuple((grid[np.linalg.norm(grid * spacing, axis=1) <= radius_mm + 1e-9] + half).T)] = True
-    return ball
 
 
 def _running_nanmedian(values: np.ndarray, arc: np.ndarray, window_mm: float) -> np.ndarray:
@@ -289,8 +283,8 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     aorta = None if aorta_mask is None else np.asarray(aorta_mask, dtype=bool)[box]
     noise_sd = None if aorta is None else _aorta_noise_sd(img, aorta, sp)
 
-    ball = _ball(max(params.lumen_ball_mm, float(sp.max())), sp)
-    offsets = np.argwhere(ball) - np.array(ball.shape) // 2
+    element = ball(max(params.lumen_ball_mm, float(sp.max())), sp)
+    offsets = np.argwhere(element) - np.array(element.shape) // 2
     profiles, point_mm, point_vessel, point_threshold = [], [], [], []
     for vessel in vessels:
         for index, line in enumerate(centerlines_by_vessel[vessel]):

@@ -20,12 +20,10 @@ def run_demo(out: str | Path, device: str = "auto", size: str = "clinical") -> d
     ``report.png`` and ``reference.json`` (the paired CSCT's standard scores, the truth the
     pipeline estimates) into ``out``.
     """
-    from .batch import TerminalProgress
+    from .batch import TerminalProgress, write_outputs
     from .phantom import make_case
     from .pipeline import run_pipeline
-    from .report import render_report
     from .results import write_json
-    from .segmentation_io import write_segmentation
     from .volume import write_volume
 
     out = Path(out)
@@ -38,11 +36,8 @@ def run_demo(out: str | Path, device: str = "auto", size: str = "clinical") -> d
           f"{case.ccta.kvp:g} kVp, made in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     result = run_pipeline(case.ccta, device=device, progress=TerminalProgress("  "),
                           inputs={"image": "built-in synthetic CCTA", "seed": DEMO_SEED})
-    write_segmentation(out / "segmentation.seg.nrrd", result.labels, case.ccta)
-    write_json(result.scores, out / "scores.json")
+    write_outputs(out, case.ccta, result, "AutoCAC demo: synthetic CCTA (100 kVp)")
     write_json(case.truth["reference"], out / "reference.json")
-    render_report(case.ccta, result.labels, result.scores, out / "report.png",
-                  title="AutoCAC demo: synthetic CCTA (100 kVp)")
     s, ref = result.scores, case.truth["reference"]
     if s["status"] != "ok":
         print(f"case failed: {s['failure_reason']}", file=sys.stderr)

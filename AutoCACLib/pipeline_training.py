@@ -36,7 +36,7 @@ import numpy as np
 from .calcium import CalciumParams, detect_calcium
 from .calibration import AortaFeatures, CalibrationModel, aorta_features, train_calibration
 from .ccta_scoring import (CctaCase, CctaScoringParams, ccta_scoring_settings,
-                           fit_ccta_scoring, scoring_loss)
+                           fit_ccta_scoring)
 from .centerlines import Centerline, vessel_centerlines
 from .pipeline import CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARAMS_FILE
 from .scoring import ScoringSettings, score_calcium

@@ -52,6 +52,7 @@ from skimage.draw import line_nd
 from skimage.graph import MCP_Geometric
 
 from .segments import VESSELS
+from .structuring import ball
 
 #: Vessel indices of the output label map (not the segment label values of ``segments``).
 LM, LAD, LCX, RCA = 1, 2, 3, 4
@@ -342,11 +343,6 @@ def _box_around(lo, hi, shape) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Boolean structuring element: the voxels within ``radius_mm`` of the centre."""
-    r = np.floor(radius_mm / spacing).astype(int)
-    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
-    return sum((g * s) ** 2 for g, s in zip(grids, spacing)) <= radius_mm ** 2
 
 
 def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
@@ -355,9 +351,9 @@ def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
     hit = np.zeros(len(points), dtype=bool)
     if not len(points) or not mask.any():
         return hit
-    ball = _ball(radius_mm, spacing)
-    offsets = np.argwhere(ball) - np.array(ball.shape) // 2
-    reach = np.array(ball.shape) // 2
+    element = ball(radius_mm, spacing)
+    offsets = np.argwhere(element) - np.array(element.shape) // 2
+    reach = np.array(element.shape) // 2
     box = _bounding_box(mask, reach)
     lo = np.array([s.start for s in box])
     hi = np.array([s.stop for s in box])
@@ -677,12 +673,12 @@ def _voxel_edges(coords: np.ndarray, shape, spacing: np.ndarray):
 
 def _ostium_clusters(points: np.ndarray, spacing: np.ndarray, merge_mm: float):
     """Group aortic contact voxels into ostia: contacts closer than ``merge_mm`` join."""
-    ball = _ball(merge_mm / 2.0, spacing)
-    pad = np.array(ball.shape) // 2 + 1
+    element = ball(merge_mm / 2.0, spacing)
+    pad = np.array(element.shape) // 2 + 1
     local = points - points.min(axis=0) + pad
     grid = np.zeros(tuple(local.max(axis=0) + pad + 1), dtype=bool)
     grid[tuple(local.T)] = True
-    clusters, n = ndi.label(ndi.binary_dilation(grid, structure=ball), _STRUCTURE_26)
+    clusters, n = ndi.label(ndi.binary_dilation(grid, structure=element), _STRUCTURE_26)
     return clusters[tuple(local.T)] - 1, n
 
 

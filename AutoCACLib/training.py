@@ -49,6 +49,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import InputError
+from .evaluation import dice
 from .inference import (AORTA_CLASSES, AORTA_MODEL, BINARY_CLASSES, CORONARY_MODEL,
                         FORMAT_VERSION, VESSEL_CLASSES, Model, Progress, heart_box_from_mask,
                         model_paths, network_source, prepare_input, resample_majority, resolve_device, segment_networks, stack_slices,
@@ -426,12 +427,6 @@ def dice_ce_loss(logits, target):
     inter = (prob * onehot).sum(dim=(0, 2, 3))
     denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
     return ce + 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Dice coefficient of two masks; None when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 # --- saving -----------------------------------------------------------------------------
