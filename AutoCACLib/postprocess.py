@@ -21,8 +21,11 @@ angle, location and attenuation; anatomical labelling):
    piece (``max_angle_deg``; a piece running across the gap line is a crossing vein), and
    the vessel labels are compatible (same vessel, or LM with LAD/LCx). The gap is filled with
    a tube of the local radius along a minimal-cost path that follows contrast (through
-   calcium too); pieces that never join are removed. Joining repeats until nothing changes,
-   so chains of pieces reconnect.
+   calcium too). A piece that fails these tests still joins across a longer gap
+   (``contrast_gap_mm``) when a minimal-cost path to the tree stays contrast-filled nearly
+   all the way and does not run through a chamber: the network often misses a stretch of a
+   patent vessel, and such a path is the vessel itself. Pieces that never join are removed.
+   Joining repeats until nothing changes, so chains of pieces reconnect.
 4. **Labelling.** Geodesic distance from the ostia along the tree cuts it into bands of
    ``band_mm``; the connected parts of each band are the nodes of a tree graph (a
    skeleton-free branch structure). Each ostium's territory is the RCA or the left tree by
@@ -74,6 +77,12 @@ _MIN_ANISOTROPY = 1.5
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 #: Percentile of a piece's HU taken as its lumen attenuation (above the partial-volume rim).
 _CORE_PERCENTILE = 75
+#: Share of a contrast path's voxels allowed below the lumen test (noise, partial volume).
+_PATH_DARK_SHARE = 0.1
+#: Edge of the cube (mm) over which a contrast path's surroundings are tested for a chamber.
+_POOL_WINDOW_MM = 5.0
+#: Enhanced share of that cube above which a voxel lies in a chamber (a coronary fills <~60%).
+_POOL_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,15 @@ class PostprocessParams:
         excepted) are enhanced blood for more than this fraction lies inside a chamber.
     max_gap_mm : float
         Longest gap bridged between a piece and the tree (voxel centre to voxel centre).
+    contrast_gap_mm : float
+        Longest gap bridged, whatever the directions, along a path that is contrast-filled
+        all the way (the network often misses a stretch of a patent vessel; 0: never).
+    min_path_lumen_ratio : float
+        Such a path must keep at least this fraction of the piece's lumen attenuation on
+        all but ``_PATH_DARK_SHARE`` of its voxels.
+    max_path_pool_fraction : float
+        ... and may run through enhanced blood (a chamber: a neighbourhood of ~5 mm that is
+        mostly enhanced) for at most this share of its voxels.
     max_angle_deg : float
         Largest angle between the gap and the piece's axis, and between the gap and the
         outward direction of the tree end, for a reconnection.
@@ -131,6 +149,9 @@ class PostprocessParams:
     min_lumen_ratio: float = 0.6
     max_pool_fraction: float = 0.5
     max_gap_mm: float = 6.0
+    contrast_gap_mm: float = 20.0
+    min_path_lumen_ratio: float = 0.6
+    max_path_pool_fraction: float = 0.2
     max_angle_deg: float = 70.0
     direction_radius_mm: float = 4.0
     path_cost_weight: float = 10.0
@@ -527,6 +548,8 @@ def _attenuation_reason(hu: np.ndarray, aorta_hu: float | None, params) -> str |
 def _reconnect(tree, pieces, net, img, aorta, spacing, params, removed) -> int:
     """Join detached pieces to the tree (in place) until none joins; count the joined.
 
+    A piece joins across a short gap whose directions agree (:func:`_find_link`) or, failing
+    that, across a longer gap along a contrast-filled path (:func:`_find_contrast_link`).
     The pieces that never join are counted in ``removed`` by their last reason.
     """
     pending = list(range(len(pieces)))
@@ -537,10 +560,15 @@ def _reconnect(tree, pieces, net, img, aorta, spacing, params, removed) -> int:
         progress = False
         for k in list(pending):
             link, reason = _find_link(pieces[k], tree, net, aorta, spacing, params)
-            if link is None:
-                reasons[k] = reason
-                continue
-            _bridge(pieces[k], *link, tree, img, aorta, spacing, params)
+            if link is not None:
+                _bridge(pieces[k], *link, tree, img, aorta, spacing, params)
+            else:
+                path = _find_contrast_link(pieces[k], tree, net, img, spacing, params)
+                if path is None:
+                    reasons[k] = reason
+                    continue
+                _bridge(pieces[k], path[-1], path[0], False, tree, img, aorta, spacing, params,
+                        path)
             tree[tuple(pieces[k].coords.T)] = True
             pending.remove(k)
             joined += 1
@@ -603,17 +631,68 @@ def _find_link(piece, tree, net, aorta, spacing, params):
     return (p, q, to_aorta), None
 
 
+def _find_contrast_link(piece, tree, net, img, spacing, params):
+    """A contrast-filled path (k x 3 voxels, tree end first) from the tree to a piece.
+
+    The nearest tree voxel within ``contrast_gap_mm`` is joined by a minimal-cost path that
+    follows contrast; the path counts when it is not much longer than the gap, keeps the
+    piece's lumen attenuation (``min_path_lumen_ratio``) nearly all the way, does not run
+    through a chamber (``max_path_pool_fraction``), and the vessel labels are compatible.
+    Returns the path, or None.
+    """
+    if params.contrast_gap_mm <= 0 or piece.core_hu <= 0:
+        return None
+    reach = np.ceil(params.contrast_gap_mm / spacing).astype(int) + 1
+    box = _box_around(piece.lo - reach, piece.hi + reach, tree.shape)
+    lo = np.array([s.start for s in box])
+    surface = np.argwhere(tree[box] & ~ndi.binary_erosion(tree[box])) + lo
+    if not len(surface):
+        return None
+    dist, nearest = cKDTree(surface * spacing).query(piece.coords * spacing,
+                                                     distance_upper_bound=params.contrast_gap_mm)
+    i = int(np.argmin(dist))
+    if not np.isfinite(dist[i]):
+        return None
+    p, q = piece.coords[i], surface[nearest[i]]
+    votes = np.bincount(net[tuple(_neighbourhood(tree, q, params.direction_radius_mm,
+                                                 spacing).T)], minlength=RCA + 1)[1:]
+    if votes.any() and not _compatible(piece.label, int(np.argmax(votes)) + 1):
+        return None
+    pad = np.ceil(_POOL_WINDOW_MM / spacing).astype(int) + 1
+    box = _box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
+    lo = np.array([s.start for s in box])
+    local = img[box].astype(np.float32)
+    cost = 1.0 + params.path_cost_weight * np.clip((piece.core_hu - local) / piece.core_hu,
+                                                   0.0, 1.0)
+    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(spacing))
+    mcp.find_costs([tuple(q - lo)], [tuple(p - lo)])
+    path = np.array(mcp.traceback(tuple(p - lo)))
+    length = np.linalg.norm(np.diff(path, axis=0) * spacing, axis=1).sum()
+    if length > params.max_path_ratio * dist[i] + spacing.max():
+        return None
+    hu = local[tuple(path.T)]
+    if np.mean(hu < params.min_path_lumen_ratio * piece.core_hu) > _PATH_DARK_SHARE:
+        return None
+    enhanced = (local >= params.min_path_lumen_ratio * piece.core_hu).astype(np.float32)
+    size = np.maximum(np.round(_POOL_WINDOW_MM / spacing).astype(int), 1)
+    pool = ndi.uniform_filter(enhanced, size=tuple(size))[tuple(path.T)] > _POOL_SHARE
+    if np.mean(pool) > params.max_path_pool_fraction:
+        return None
+    return path + lo
+
+
 def _face_centre(face: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The voxel of a face (k, 3) nearest to its centroid."""
     centroid = face.mean(axis=0)
     return face[np.argmin(np.linalg.norm((face - centroid) * spacing, axis=1))]
 
 
-def _bridge(piece, p, q, to_aorta, tree, img, aorta, spacing, params) -> None:
+def _bridge(piece, p, q, to_aorta, tree, img, aorta, spacing, params, path=None) -> None:
     """Fill the gap between ``q`` (tree or aorta) and ``p`` (piece) with a tube, in place.
 
-    The tube has the smaller of the two ends' local radii and follows a minimal-cost path
-    that prefers voxels at least as bright as the piece's lumen.
+    The tube has the smaller of the two ends' local radii and follows ``path`` (voxels, k x
+    3, from ``q`` to ``p``) or else a minimal-cost path that prefers voxels at least as
+    bright as the piece's lumen.
     """
     radius = params.direction_radius_mm
     near_p = np.linalg.norm((piece.coords - p) * spacing, axis=1) <= radius
@@ -622,9 +701,13 @@ def _bridge(piece, p, q, to_aorta, tree, img, aorta, spacing, params) -> None:
         r = min(r, _local_radius(tree, q, radius, spacing, params.max_radius_mm))
     r = max(r, float(spacing.min()))
     pad = np.ceil((r + 1.0) / spacing).astype(int) + 1
-    box = _box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
+    ends = np.stack([p, q]) if path is None else path
+    box = _box_around(ends.min(axis=0) - pad, ends.max(axis=0) + pad + 1, tree.shape)
     lo = np.array([s.start for s in box])
-    path = _gap_path(img[box], q - lo, p - lo, piece.core_hu, spacing, params)
+    if path is None:
+        path = _gap_path(img[box], q - lo, p - lo, piece.core_hu, spacing, params)
+    else:
+        path = path - lo
     line = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
     line[tuple(path.T)] = True
     tube = ndi.distance_transform_edt(~line, sampling=spacing) <= r

@@ -7,6 +7,7 @@ damages the network labels the way a real network fails and checks the repair.
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from AutoCACLib.postprocess import (LAD, LCX, LM, RCA, PostprocessParams,
                                     postprocess_coronaries)
@@ -110,25 +111,61 @@ def test_intact_tree_is_kept_and_measured(scene):
 
 
 def test_gap_in_lad_is_bridged_and_labelled_lad(scene):
-    a, b = np.asarray(VESSEL_PATHS[LAD][1:3], dtype=float)
-    axis = (b - a) / np.linalg.norm(b - a)
-    gap = (np.abs((scene.points - (a + b) / 2) @ axis) <= 1.25) & (scene.labels == LAD)
-    scene.labels[gap] = 0
+    gap = _cut_lad(scene, 1.25)
     result = scene.run()
     assert result.qc.n_reconnected == 1 and result.qc.n_fragments_after == 2
     assert np.mean(result.labels[gap] == LAD) > 0.8  # the bridge has the local radius
     assert _agreement(result, scene, LAD) > 0.95  # the distal piece is kept, as LAD
 
 
-def test_gap_is_not_bridged_beyond_max_gap(scene):
+def _cut_lad(scene, half_length_mm):
+    """Remove the network's LAD labels over ``2 * half_length_mm`` of its middle segment (the
+    image keeps the contrast-filled vessel); returns the removed voxels."""
     a, b = np.asarray(VESSEL_PATHS[LAD][1:3], dtype=float)
     axis = (b - a) / np.linalg.norm(b - a)
-    scene.labels[(np.abs((scene.points - (a + b) / 2) @ axis) <= 1.25)
-                 & (scene.labels == LAD)] = 0
-    result = scene.run(max_gap_mm=2.0)
+    gap = (np.abs((scene.points - (a + b) / 2) @ axis) <= half_length_mm) & (scene.labels == LAD)
+    scene.labels[gap] = 0
+    return gap
+
+
+def test_gap_is_not_bridged_beyond_max_gap(scene):
+    _cut_lad(scene, 1.25)
+    result = scene.run(max_gap_mm=2.0, contrast_gap_mm=0.0)
     assert result.qc.n_reconnected == 0
     assert result.qc.removed_pieces == {"unconnected": 1}
     assert _agreement(result, scene, LAD) < 0.7
+
+
+def test_long_gap_along_contrast_is_bridged(scene):
+    # 8 mm of a patent LAD missed by the network: longer than max_gap_mm, but the image
+    # shows contrast all the way.
+    gap = _cut_lad(scene, 4.0)
+    result = scene.run()
+    assert result.qc.n_reconnected == 1 and result.qc.removed_pieces.get("unconnected", 0) == 0
+    assert np.mean(result.labels[gap] == LAD) > 0.7
+    assert _agreement(result, scene, LAD) > 0.9
+    # Without the contrast path the distal LAD is lost.
+    assert _agreement(scene.run(contrast_gap_mm=0.0), scene, LAD) < 0.7
+
+
+def test_long_gap_without_contrast_is_not_bridged(scene):
+    # An occluded stretch: no contrast in the gap, so the distal piece is not joined.
+    gap = _cut_lad(scene, 4.0)
+    scene.image[ndimage.binary_dilation(gap, iterations=2) & ~(scene.labels > 0)] = FAT_HU
+    result = scene.run()
+    assert result.qc.n_reconnected == 0
+    assert _agreement(result, scene, LAD) < 0.7
+
+
+def test_long_gap_through_a_chamber_is_not_bridged(scene):
+    # The only contrast-filled way to the distal piece runs through a blood pool.
+    gap = _cut_lad(scene, 4.0)
+    a, b = np.asarray(VESSEL_PATHS[LAD][1:3], dtype=float)
+    pool = np.linalg.norm(scene.points - (a + b) / 2, axis=-1) <= 6.0
+    scene.image[pool & ~(scene.labels > 0)] = ARTERY_HU
+    result = scene.run()
+    assert result.qc.n_reconnected == 0
+    assert np.mean(result.labels[gap] == LAD) < 0.2
 
 
 def test_missing_ostium_segment_is_bridged_to_the_aorta(scene):

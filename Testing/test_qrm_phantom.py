@@ -17,6 +17,7 @@ import pytest
 from scipy import ndimage
 
 from AutoCACLib.cli import main
+from AutoCACLib.phantom.materials import HA_HU_PER_MG_CM3
 from AutoCACLib.scoring import ScoringSettings, score_calcium
 from AutoCACLib.volume import Volume, read_volume, write_volume
 
@@ -89,6 +90,16 @@ def test_inserts_match_published_fqm_scores(scan, reference, regions):
         if name.startswith(("Large", "Medium")):
             fqm_mass = float(ref["fqm_mass_mg"])
             assert s.mass_mg["total"] == pytest.approx(fqm_mass, rel=0.10), name
+
+
+def test_synthetic_calcium_scale_matches_the_real_inserts(scan, regions):
+    # The generator's hydroxyapatite CT number per mg/cm^3 at 120 kVp (what makes synthetic
+    # plaques as bright as real ones) against this scan: the slope between the 800 and
+    # 200 mg/cm^3 large inserts' peaks, and the inverse of the scan's mass calibration.
+    peak = {d: float(scan.array[regions[f"Large_{d}"]].max()) for d in ("HD", "LD")}
+    measured = (peak["HD"] - peak["LD"]) / (800.0 - 200.0)
+    assert HA_HU_PER_MG_CM3[120] == pytest.approx(measured, rel=0.1)
+    assert HA_HU_PER_MG_CM3[120] == pytest.approx(1.0 / MASS_CALIBRATION, rel=0.1)
 
 
 def test_undetectable_inserts_score_zero(scan, regions):

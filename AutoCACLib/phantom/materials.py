@@ -15,9 +15,12 @@ Approximate sources for the tables (effective energies of about 43, 50 and 57 ke
   negative at low kVp (about -100 HU at 120 kVp, -120 HU at 80 kVp); soft tissues change little.
 * iodine: about 25-26 HU per mg/ml at 120 kVp, 31 at 100 kVp and 40 at 80 kVp (e.g. Bae,
   Radiology 2010;256:32-61, "Intravenous contrast medium administration and scan timing at CT").
-* hydroxyapatite: about 0.66 HU per mg/cm^3 at 120 kVp rising to about 1.0 at 80 kVp (QCT
-  calibration phantoms; cf. the QRM calcium-scoring phantom, whose 800 mg HA/cm^3 insert reads
-  roughly 550-700 HU at 120 kVp).
+* hydroxyapatite: about 1.4 HU per mg/cm^3 at 120 kVp, rising about 1.2x at 100 kVp and
+  1.5x at 80 kVp (the photoelectric share of calcium grows at low energy). The 120 kVp value
+  is measured on the real QRM calcium-scoring phantom scan in ``shared/data`` (Canon, 120 kVp,
+  3 mm): the 800, 400 and 200 mg HA/cm^3 large inserts peak at 1275, 649 and 383 HU (1.3-1.6
+  HU per mg/cm^3 between them), and the published FQM mass of the 800 insert over its
+  thresholded volume and mean CT number gives 1.40 HU per mg/cm^3.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ BASE_HU = {
 IODINE_HU_PER_MG_ML = {80: 40.0, 100: 31.0, 120: 25.5}
 
 #: HU added by 1 mg/cm^3 of hydroxyapatite.
-HA_HU_PER_MG_CM3 = {80: 1.02, 100: 0.80, 120: 0.66}
+HA_HU_PER_MG_CM3 = {80: 2.15, 100: 1.70, 120: 1.40}
 
 
 def nearest_kvp(kvp: float) -> int:
