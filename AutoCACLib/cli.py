@@ -97,9 +97,12 @@ def _cmd_phantom(args) -> int:
 
     if args.n < 1:
         raise InputError("--n must be at least 1")
+    if args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
     folders = write_cohort(args.outdir, args.n, args.seed, args.size,
                            progress=lambda i, n, folder: print(f"[{i}/{n}] {folder}",
-                                                               file=sys.stderr))
+                                                               file=sys.stderr),
+                           jobs=args.jobs)
     print(f"wrote {len(folders)} case(s) to {args.outdir}")
     return 0
 
@@ -269,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     p.add_argument("--size", choices=("clinical", "small"), default="clinical",
                    help="clinical 512x512 matrix, or small for fast tests")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cases made in parallel (about 2 GB each for clinical cases); complete "
+                        "case folders already in OUTDIR are kept, so a cohort resumes or grows")
     p.set_defaults(func=_cmd_phantom)
     return parser
 

@@ -1,5 +1,6 @@
 """The synthetic paired CCTA/CSCT generator (small cases only)."""
 
+import copy
 import json
 
 import numpy as np
@@ -138,6 +139,40 @@ def test_write_cohort_uses_derived_seeds(typical, tmp_path, monkeypatch):
     assert seeds == [(case_seed(7, 0), "small"), (case_seed(7, 1), "small")]
     assert calls == [1, 2]
     assert (folders[1] / "truth.json").exists() and (tmp_path / "cohort.json").exists()
+
+
+def test_write_cohort_resumes_and_grows(typical, tmp_path, monkeypatch):
+    made = []
+
+    def fake_make_case(seed, size):
+        made.append(seed)
+        case = copy.deepcopy(typical)
+        case.truth["seed"] = seed
+        return case
+
+    monkeypatch.setattr(case_module, "make_case", fake_make_case)
+    write_cohort(tmp_path, 2, 7, "small")
+    (tmp_path / "case_001" / "truth.json").unlink()  # interrupted while writing case 1
+    folders = write_cohort(tmp_path, 3, 7, "small")
+    # Case 0 is kept; case 1 (incomplete) and the new case 2 are made.
+    assert made == [case_seed(7, 0), case_seed(7, 1), case_seed(7, 1), case_seed(7, 2)]
+    cohort = json.loads((tmp_path / "cohort.json").read_text())
+    assert [c["case"] for c in cohort["cases"]] == [f.name for f in folders]
+    assert [c["seed"] for c in cohort["cases"]] == [case_seed(7, i) for i in range(3)]
+    # Another cohort seed does not reuse these folders.
+    write_cohort(tmp_path, 1, 8, "small")
+    assert made[-1] == case_seed(8, 0)
+
+
+def test_write_cohort_in_parallel_matches_serial(tmp_path):
+    write_cohort(tmp_path / "serial", 2, 3, "small")
+    write_cohort(tmp_path / "parallel", 2, 3, "small", jobs=2)
+    serial = json.loads((tmp_path / "serial" / "cohort.json").read_text())
+    parallel = json.loads((tmp_path / "parallel" / "cohort.json").read_text())
+    assert serial["cases"] == parallel["cases"]
+    a = read_volume(tmp_path / "serial" / "case_001" / "ccta.nrrd").array
+    b = read_volume(tmp_path / "parallel" / "case_001" / "ccta.nrrd").array
+    np.testing.assert_array_equal(a, b)
 
 
 def test_overrides_are_checked():

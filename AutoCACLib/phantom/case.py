@@ -216,24 +216,65 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+def _index_entry(name: str, truth: dict) -> dict:
+    return {"case": name, "seed": truth["seed"], "kvp": truth["kvp"],
+            "category": truth["category"], "agatston": truth["reference"]["agatston"]["total"]}
+
+
+def _written_truth(folder: Path, seed: int) -> dict | None:
+    """``truth.json`` of a complete case folder drawn with ``seed`` (written last), or None."""
+    try:
+        truth = json.loads((folder / "truth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return truth if truth.get("seed") == seed else None
+
+
+def _write_indexed(outdir: Path, index: int, seed: int, size: str) -> dict:
+    case = make_case(case_seed(seed, index), size)
+    folder = write_case(case, outdir / f"case_{index:03d}")
+    return _index_entry(folder.name, case.truth)
+
+
 def write_cohort(outdir: str | os.PathLike, n: int, seed: int, size: str = "clinical",
-                 progress: Callable[[int, int, Path], None] | None = None) -> list[Path]:
+                 progress: Callable[[int, int, Path], None] | None = None,
+                 jobs: int = 1) -> list[Path]:
     """Write ``n`` cases into ``outdir/case_000`` ...; case i uses :func:`case_seed`.
 
-    ``progress(i, n, folder)`` is called after each case. Also writes ``cohort.json``
-    (seed, size and per-case seed, kVp and reference category).
+    Case folders already complete with the right seed are kept, so an interrupted cohort
+    resumes and a cohort grows by asking for a larger ``n``. ``jobs`` cases are made in
+    parallel (processes; a clinical case needs about 2 GB). ``progress(i, n, folder)`` is
+    called after each case. Also writes ``cohort.json`` (seed, size and per-case seed, kVp
+    and reference category).
     """
     outdir = Path(outdir)
-    folders, index = [], []
-    for i in range(n):
-        case = make_case(case_seed(seed, i), size)
-        folder = write_case(case, outdir / f"case_{i:03d}")
-        folders.append(folder)
-        index.append({"case": folder.name, "seed": case.truth["seed"], "kvp": case.truth["kvp"],
-                      "category": case.truth["category"],
-                      "agatston": case.truth["reference"]["agatston"]["total"]})
-        if progress is not None:
-            progress(i + 1, n, folder)
+    folders = [outdir / f"case_{i:03d}" for i in range(n)]
+    index: list[dict | None] = [None] * n
+    done = 0
+    for i, folder in enumerate(folders):
+        truth = _written_truth(folder, case_seed(seed, i))
+        if truth is not None:
+            index[i] = _index_entry(folder.name, truth)
+            done += 1
+            if progress is not None:
+                progress(done, n, folder)
+    todo = [i for i in range(n) if index[i] is None]
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(jobs, len(todo))) as pool:
+            futures = {pool.submit(_write_indexed, outdir, i, seed, size): i for i in todo}
+            for future in as_completed(futures):
+                index[futures[future]] = future.result()
+                done += 1
+                if progress is not None:
+                    progress(done, n, folders[futures[future]])
+    else:
+        for i in todo:
+            index[i] = _write_indexed(outdir, i, seed, size)
+            done += 1
+            if progress is not None:
+                progress(done, n, folders[i])
     (outdir / "cohort.json").write_text(json.dumps({"seed": seed, "size": size, "n": n,
                                                     "cases": index}, indent=1))
     return folders
