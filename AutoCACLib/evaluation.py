@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -182,11 +183,9 @@ _WORKER_MODELS: dict = {}
 
 
 def _worker_init(models_dir, device: str) -> None:
-    import torch
-
     from .pipeline import load_pipeline_models
 
-    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread per worker process (resolve_device)
     _WORKER_MODELS["models"] = load_pipeline_models(models_dir, device)
     _WORKER_MODELS["device"] = device
 

@@ -66,7 +66,12 @@ class MissingModelError(AutoCACError):
 # --- device and model files -------------------------------------------------------------
 
 def available_cores() -> int:
-    """Number of CPU cores this process may run on."""
+    """CPU threads for torch: ``OMP_NUM_THREADS`` when set, else the cores this process may
+    run on (more threads than free cores makes torch's CPU kernels many times slower)."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

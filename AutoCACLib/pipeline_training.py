@@ -49,13 +49,14 @@ MaskSource = Union[str, Segmenter]
 
 #: Calcium parameters searched by :func:`fit_calcium_and_scoring` (coordinate search).
 CALCIUM_GRID = {
-    "lumen_ratio": (1.15, 1.2, 1.25),
+    "lumen_ratio": (1.15, 1.2, 1.25, 1.35),
+    "calibrated_ratio": (1.35, 1.45, 1.6),
     "min_volume_mm3": (0.5, 2.0, 4.0),
 }
 
 #: CCTA scoring parameters fitted for each calcium candidate.
 SCORING_GRID = {
-    "offset_fraction": tuple(np.round(np.linspace(-0.2, 1.0, 13), 3)),
+    "offset_fraction": tuple(np.round(np.linspace(-0.2, 1.4, 17), 3)),
     "kvp_exponent": tuple(np.round(np.linspace(0.0, 2.0, 9), 3)),
     "agatston_scale": tuple(np.round(np.geomspace(0.5, 3.0, 13), 3)),
 }

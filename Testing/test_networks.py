@@ -174,3 +174,18 @@ def test_importing_the_library_does_not_import_torch():
     code = ("import sys, AutoCACLib, AutoCACLib.inference, AutoCACLib.training, "
             "AutoCACLib.networks; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_threads_follow_omp_num_threads(monkeypatch):
+    # A process that shares the CPU (a worker of evaluate --jobs, a training run beside
+    # another job) asks for fewer threads; torch must not be given more than that.
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        resolve_device("cpu")
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        resolve_device("cpu")
+        assert torch.get_num_threads() >= 1
+    finally:
+        torch.set_num_threads(before)
