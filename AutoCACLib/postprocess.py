@@ -79,10 +79,12 @@ _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 _CORE_PERCENTILE = 75
 #: Share of a contrast path's voxels allowed below the lumen test (noise, partial volume).
 _PATH_DARK_SHARE = 0.1
-#: Edge of the cube (mm) over which a contrast path's surroundings are tested for a chamber.
-_POOL_WINDOW_MM = 5.0
-#: Enhanced share of that cube above which a voxel lies in a chamber (a coronary fills <~60%).
-_POOL_SHARE = 0.8
+#: Margin (mm) around a contrast path in which its depth in enhanced blood is measured.
+_POOL_MARGIN_MM = 7.0
+#: Blood at least this fraction of a piece's lumen attenuation counts as a chamber's blood ...
+_POOL_LUMEN_RATIO = 0.75
+#: ... on the image smoothed by a Gaussian of this standard deviation (mm).
+_POOL_SMOOTH_MM = 0.5
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,8 @@ class PostprocessParams:
         Such a path must keep at least this fraction of the piece's lumen attenuation on
         all but ``_PATH_DARK_SHARE`` of its voxels.
     max_path_pool_fraction : float
-        ... and may run through enhanced blood (a chamber: a neighbourhood of ~5 mm that is
-        mostly enhanced) for at most this share of its voxels.
+        ... and may run through a chamber (enhanced blood deeper than ``max_radius_mm`` from
+        anything darker) for at most this share of its voxels.
     max_angle_deg : float
         Largest angle between the gap and the piece's axis, and between the gap and the
         outward direction of the tree end, for a reconnection.
@@ -658,7 +660,7 @@ def _find_contrast_link(piece, tree, net, img, spacing, params):
                                                  spacing).T)], minlength=RCA + 1)[1:]
     if votes.any() and not _compatible(piece.label, int(np.argmax(votes)) + 1):
         return None
-    pad = np.ceil(_POOL_WINDOW_MM / spacing).astype(int) + 1
+    pad = np.ceil(_POOL_MARGIN_MM / spacing).astype(int) + 1
     box = _box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
     lo = np.array([s.start for s in box])
     local = img[box].astype(np.float32)
@@ -673,10 +675,12 @@ def _find_contrast_link(piece, tree, net, img, spacing, params):
     hu = local[tuple(path.T)]
     if np.mean(hu < params.min_path_lumen_ratio * piece.core_hu) > _PATH_DARK_SHARE:
         return None
-    enhanced = (local >= params.min_path_lumen_ratio * piece.core_hu).astype(np.float32)
-    size = np.maximum(np.round(_POOL_WINDOW_MM / spacing).astype(int), 1)
-    pool = ndi.uniform_filter(enhanced, size=tuple(size))[tuple(path.T)] > _POOL_SHARE
-    if np.mean(pool) > params.max_path_pool_fraction:
+    # Inside a chamber, enhanced blood (lightly smoothed against noise) reaches deeper than
+    # any coronary lumen's radius.
+    smooth = ndi.gaussian_filter(local, _POOL_SMOOTH_MM / spacing)
+    enhanced = smooth >= _POOL_LUMEN_RATIO * piece.core_hu
+    depth = ndi.distance_transform_edt(enhanced, sampling=spacing)[tuple(path.T)]
+    if np.mean(depth > params.max_radius_mm) > params.max_path_pool_fraction:
         return None
     return path + lo
 
