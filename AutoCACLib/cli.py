@@ -163,13 +163,17 @@ def _cmd_train(args) -> int:
     from .results import write_json
 
     report = {}
+    if not 0.0 <= args.held_out < 1.0:
+        raise InputError("--held-out must be at least 0 and below 1")
     if not args.fit_only:
         from .training import train_models
 
         report["networks"] = train_models(
             args.sources, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
             progress=TerminalProgress(), label_remap=_parse_remap(args.label_remap),
-            steps_per_epoch=args.steps_per_epoch, base=args.base)
+            steps_per_epoch=args.steps_per_epoch, base=args.base,
+            models=tuple(args.network or ("aorta", "coronary")),
+            held_out_fraction=args.held_out)
     if not args.networks_only:
         from .pipeline_training import fit_pipeline
 
@@ -237,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--base", type=int, default=8, help="network width (first stage channels)")
+    p.add_argument("--network", action="append", choices=("aorta", "coronary"),
+                   help="train only this network (repeatable; default both); a model already "
+                        "in DIR is kept")
+    p.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION",
+                   help="share of the cases kept out of network training for its Dice "
+                        "(default 0.2)")
     _add_device_options(p, models=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-remap", default=None, metavar="V=NAME,...",

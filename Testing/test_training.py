@@ -200,6 +200,27 @@ def test_train_models_end_to_end_on_case_folders(tmp_path):
     assert seg.coronary.shape == image.shape
 
 
+def test_cli_trains_one_network_and_keeps_the_other(tmp_path, capsys):
+    from AutoCACLib.cli import main
+
+    for seed in range(3):
+        write_case_folder(tmp_path / "cohort" / f"case_{seed:03d}", seed)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "aorta.pt").write_bytes(b"an aorta model trained before")
+    assert main(["train", str(tmp_path / "cohort"), "--out", str(models), "--network",
+                 "coronary", "--networks-only", "--held-out", "0.34", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--base", "4", "--device", "cpu"]) == 0
+    meta = json.loads((models / "coronary.json").read_text())
+    assert meta["training"]["n_train_cases"] == 2 and meta["training"]["n_held_out_cases"] == 1
+    assert (models / "aorta.pt").read_bytes() == b"an aorta model trained before"
+    report = json.loads((models / "training_report.json").read_text())
+    assert set(report["networks"]) == {"coronary"}
+    assert main(["train", str(tmp_path / "cohort"), "--out", str(models), "--held-out",
+                 "1.5"]) == 2
+    assert "--held-out" in capsys.readouterr().err
+
+
 def test_binary_labels_train_a_binary_coronary_model_and_skip_the_aorta(tmp_path):
     for seed in range(2):
         image, labels = tube_case(seed)
