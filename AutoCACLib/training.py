@@ -491,7 +491,7 @@ def model_card(meta: dict, weights_bytes: int | None = None) -> str:
 | Seed | {t['seed']} |
 | Epochs | {t['epochs']} x {t['steps_per_epoch']} iterations, batch {t['batch_size']}, patch {t['patch']} px, Adam lr {t['learning_rate']:g} (cosine decay) |
 | Loss | cross-entropy + soft Dice; final training loss {t['final_loss']:.4f} |
-| Runtime | {t['runtime_s']:.0f} s training on {t['device']} ({t['threads']} threads), {t['platform']} |
+| Runtime | {t['runtime_s']:.0f} s training on {t['device']} ({t['threads']} thread{'' if t['threads'] == 1 else 's'}), {t['platform']} |
 | Software | torch {t['torch']}, AutoCAC {t['autocac']} |
 
 ## Held-out Dice (on the image grid, after resampling back)
