@@ -470,7 +470,7 @@ def fit_pipeline(sources, out_dir: str | Path, device: str = "auto", seed: int =
     calibration = fit_calibration(cases, seed=seed)
     calcium, scoring = fit_calcium_and_scoring(
         cases, calibration_model=calibration, calcium_grid=calcium_grid, rounds=rounds,
-        progress=lambda message: progress(f"fit: {message}", 0.7))
+        progress=lambda message: progress(f"fit {message}", 0.7))
     rows, stats = evaluate_cases(cases, calibration, calcium, scoring)
     meta = {"cases": [c.name for c in cases], "masks": "trained networks + post-processing",
             "seed": seed, "runtime_s": round(time.perf_counter() - t0, 1),
