@@ -49,8 +49,8 @@ MaskSource = Union[str, Segmenter]
 
 #: Calcium parameters searched by :func:`fit_calcium_and_scoring` (coordinate search).
 CALCIUM_GRID = {
-    "lumen_ratio": (1.15, 1.2, 1.25, 1.35),
-    "calibrated_ratio": (1.35, 1.45, 1.6),
+    "lumen_ratio": (1.2, 1.25, 1.35, 1.45),
+    "calibrated_ratio": (1.25, 1.35, 1.45, 1.6),
     "min_volume_mm3": (0.5, 2.0, 4.0),
 }
 
