@@ -592,24 +592,18 @@ def _find_link(piece, tree, net, aorta, spacing, params):
     voxel, or ``(None, reason)`` with reason ``unconnected``, ``direction`` or
     ``vessel type``.
     """
-    reach = np.ceil(params.max_gap_mm / spacing).astype(int) + 1
-    box = _box_around(piece.lo - reach, piece.hi + reach, tree.shape)
-    lo = np.array([s.start for s in box])
-    targets = tree[box] | aorta[box]
-    surface = np.argwhere(targets & ~ndi.binary_erosion(targets))
-    if not len(surface):
+    surface, dist, _ = _surface_near(piece, params.max_gap_mm, spacing, tree, aorta)
+    if dist is None:
         return None, "unconnected"
-    dist, nearest = cKDTree(surface * spacing).query((piece.coords - lo) * spacing,
-                                                     distance_upper_bound=params.max_gap_mm)
     i = int(np.argmin(dist))
     if not np.isfinite(dist[i]):
         return None, "unconnected"
     # The two faces across the gap, and their centres: where the bridge starts and ends.
     tolerance = dist[i] + float(spacing.max())
     p = _face_centre(piece.coords[dist <= tolerance], spacing)
-    face, _ = cKDTree(piece.coords * spacing).query((surface + lo) * spacing,
+    face, _ = cKDTree(piece.coords * spacing).query(surface * spacing,
                                                      distance_upper_bound=tolerance)
-    q = _face_centre(surface[np.isfinite(face)] + lo, spacing)
+    q = _face_centre(surface[np.isfinite(face)], spacing)
     gap = (p - q) * spacing
     to_aorta = bool(aorta[tuple(q)])
     radius = params.direction_radius_mm
@@ -627,10 +621,32 @@ def _find_link(piece, tree, net, aorta, spacing, params):
                 axis = -axis
             if _angle_deg(axis, gap) > params.max_angle_deg:
                 return None, "direction"
-    votes = np.bincount(net[tuple(tree_points.T)], minlength=RCA + 1)[1:]
-    if votes.any() and not _compatible(piece.label, int(np.argmax(votes)) + 1):
+    if not _fits_vessel(piece, net, tree_points):
         return None, "vessel type"
     return (p, q, to_aorta), None
+
+
+def _surface_near(piece, reach_mm: float, spacing: np.ndarray, *masks):
+    """Surface voxels (k, 3) of the union of ``masks`` near a piece, and for each piece
+    voxel the distance (mm; inf beyond ``reach_mm``) to the nearest of them and its index.
+
+    Distances and indices are None when there is no surface within the piece's box.
+    """
+    reach = np.ceil(reach_mm / spacing).astype(int) + 1
+    box = _box_around(piece.lo - reach, piece.hi + reach, masks[0].shape)
+    local = np.logical_or.reduce([m[box] for m in masks])
+    surface = np.argwhere(local & ~ndi.binary_erosion(local)) + [s.start for s in box]
+    if not len(surface):
+        return surface, None, None
+    dist, nearest = cKDTree(surface * spacing).query(piece.coords * spacing,
+                                                     distance_upper_bound=reach_mm)
+    return surface, dist, nearest
+
+
+def _fits_vessel(piece, net, points: np.ndarray) -> bool:
+    """Whether the piece's vessel may continue the one the network votes for at ``points``."""
+    votes = np.bincount(net[tuple(points.T)], minlength=RCA + 1)[1:]
+    return not votes.any() or _compatible(piece.label, int(np.argmax(votes)) + 1)
 
 
 def _find_contrast_link(piece, tree, net, img, spacing, params):
@@ -644,33 +660,22 @@ def _find_contrast_link(piece, tree, net, img, spacing, params):
     """
     if params.contrast_gap_mm <= 0 or piece.core_hu <= 0:
         return None
-    reach = np.ceil(params.contrast_gap_mm / spacing).astype(int) + 1
-    box = _box_around(piece.lo - reach, piece.hi + reach, tree.shape)
-    lo = np.array([s.start for s in box])
-    surface = np.argwhere(tree[box] & ~ndi.binary_erosion(tree[box])) + lo
-    if not len(surface):
+    surface, dist, nearest = _surface_near(piece, params.contrast_gap_mm, spacing, tree)
+    if dist is None:
         return None
-    dist, nearest = cKDTree(surface * spacing).query(piece.coords * spacing,
-                                                     distance_upper_bound=params.contrast_gap_mm)
     i = int(np.argmin(dist))
     if not np.isfinite(dist[i]):
         return None
     p, q = piece.coords[i], surface[nearest[i]]
-    votes = np.bincount(net[tuple(_neighbourhood(tree, q, params.direction_radius_mm,
-                                                 spacing).T)], minlength=RCA + 1)[1:]
-    if votes.any() and not _compatible(piece.label, int(np.argmax(votes)) + 1):
+    if not _fits_vessel(piece, net, _neighbourhood(tree, q, params.direction_radius_mm,
+                                                   spacing)):
         return None
     pad = np.ceil(_POOL_MARGIN_MM / spacing).astype(int) + 1
     box = _box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
     lo = np.array([s.start for s in box])
     local = img[box].astype(np.float32)
-    cost = 1.0 + params.path_cost_weight * np.clip((piece.core_hu - local) / piece.core_hu,
-                                                   0.0, 1.0)
-    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(spacing))
-    mcp.find_costs([tuple(q - lo)], [tuple(p - lo)])
-    path = np.array(mcp.traceback(tuple(p - lo)))
-    length = np.linalg.norm(np.diff(path, axis=0) * spacing, axis=1).sum()
-    if length > params.max_path_ratio * dist[i] + spacing.max():
+    path = _lumen_path(local, q - lo, p - lo, piece.core_hu, spacing, params)
+    if path is None:
         return None
     hu = local[tuple(path.T)]
     if np.mean(hu < params.min_path_lumen_ratio * piece.core_hu) > _PATH_DARK_SHARE:
@@ -718,21 +723,28 @@ def _bridge(piece, p, q, to_aorta, tree, img, aorta, spacing, params, path=None)
     tree[box] |= tube & ~aorta[box]
 
 
-def _gap_path(img, start, end, lumen_hu, spacing, params) -> np.ndarray:
-    """Voxels (k, 3) of a path from ``start`` to ``end`` through the lumen, or a line.
+def _lumen_path(img, start, end, lumen_hu, spacing, params) -> np.ndarray | None:
+    """Voxels (k, 3) of the minimal-cost path from ``start`` to ``end`` through the lumen,
+    or None when it is longer than ``max_path_ratio`` times the straight gap.
 
     The cost of a voxel is ``1 + w * clip((lumen - HU) / lumen, 0, 1)``: contrast and
-    calcium are cheap, fat and myocardium dear. A path much longer than the straight gap
-    (``max_path_ratio``) is replaced by the straight line.
+    calcium are cheap, fat and myocardium dear.
     """
+    cost = 1.0 + params.path_cost_weight * np.clip((lumen_hu - img) / lumen_hu, 0.0, 1.0)
+    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(spacing))
+    mcp.find_costs([tuple(start)], [tuple(end)])
+    path = np.array(mcp.traceback(tuple(end)))
+    length = np.linalg.norm(np.diff(path, axis=0) * spacing, axis=1).sum()
+    straight = np.linalg.norm((end - start) * spacing)
+    return path if length <= params.max_path_ratio * straight + spacing.max() else None
+
+
+def _gap_path(img, start, end, lumen_hu, spacing, params) -> np.ndarray:
+    """Voxels (k, 3) of a path from ``start`` to ``end`` through the lumen
+    (:func:`_lumen_path`), or the straight line where there is none."""
     if params.path_cost_weight > 0 and lumen_hu > 0:
-        cost = 1.0 + params.path_cost_weight * np.clip((lumen_hu - img) / lumen_hu, 0.0, 1.0)
-        mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(spacing))
-        mcp.find_costs([tuple(start)], [tuple(end)])
-        path = np.array(mcp.traceback(tuple(end)))
-        length = np.linalg.norm(np.diff(path, axis=0) * spacing, axis=1).sum()
-        straight = np.linalg.norm((end - start) * spacing)
-        if length <= params.max_path_ratio * straight + spacing.max():
+        path = _lumen_path(img, start, end, lumen_hu, spacing, params)
+        if path is not None:
             return path
     return np.stack(line_nd(start, end, endpoint=True), axis=1)
 

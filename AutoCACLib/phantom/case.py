@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -236,6 +237,20 @@ def _write_indexed(outdir: Path, index: int, seed: int, size: str) -> dict:
     return _index_entry(folder.name, case.truth)
 
 
+def _made(outdir: Path, todo: list[int], seed: int, size: str, jobs: int):
+    """Make and write the cases ``todo``; yield ``(index, cohort entry)`` as each is done."""
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(jobs, len(todo))) as pool:
+            futures = {pool.submit(_write_indexed, outdir, i, seed, size): i for i in todo}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+    else:
+        for i in todo:
+            yield i, _write_indexed(outdir, i, seed, size)
+
+
 def write_cohort(outdir: str | os.PathLike, n: int, seed: int, size: str = "clinical",
                  progress: Callable[[int, int, Path], None] | None = None,
                  jobs: int = 1) -> list[Path]:
@@ -249,32 +264,18 @@ def write_cohort(outdir: str | os.PathLike, n: int, seed: int, size: str = "clin
     """
     outdir = Path(outdir)
     folders = [outdir / f"case_{i:03d}" for i in range(n)]
-    index: list[dict | None] = [None] * n
-    done = 0
+    kept = {}
     for i, folder in enumerate(folders):
         truth = _written_truth(folder, case_seed(seed, i))
         if truth is not None:
-            index[i] = _index_entry(folder.name, truth)
-            done += 1
-            if progress is not None:
-                progress(done, n, folder)
-    todo = [i for i in range(n) if index[i] is None]
-    if jobs > 1 and len(todo) > 1:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(min(jobs, len(todo))) as pool:
-            futures = {pool.submit(_write_indexed, outdir, i, seed, size): i for i in todo}
-            for future in as_completed(futures):
-                index[futures[future]] = future.result()
-                done += 1
-                if progress is not None:
-                    progress(done, n, folders[futures[future]])
-    else:
-        for i in todo:
-            index[i] = _write_indexed(outdir, i, seed, size)
-            done += 1
-            if progress is not None:
-                progress(done, n, folders[i])
+            kept[i] = _index_entry(folder.name, truth)
+    todo = [i for i in range(n) if i not in kept]
+    index: list[dict | None] = [None] * n
+    for done, (i, entry) in enumerate(chain(kept.items(), _made(outdir, todo, seed, size, jobs)),
+                                      start=1):
+        index[i] = entry
+        if progress is not None:
+            progress(done, n, folders[i])
     (outdir / "cohort.json").write_text(json.dumps({"seed": seed, "size": size, "n": n,
                                                     "cases": index}, indent=1))
     return folders
