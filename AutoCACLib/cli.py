@@ -165,6 +165,8 @@ def _cmd_train(args) -> int:
     report = {}
     if not 0.0 <= args.held_out < 1.0:
         raise InputError("--held-out must be at least 0 and below 1")
+    if args.jobs < 1 or args.batch_size < 1:
+        raise InputError("--jobs and --batch-size must be at least 1")
     if not args.fit_only:
         from .training import train_models
 
@@ -173,7 +175,7 @@ def _cmd_train(args) -> int:
             progress=TerminalProgress(), label_remap=_parse_remap(args.label_remap),
             steps_per_epoch=args.steps_per_epoch, base=args.base,
             models=tuple(args.network or ("aorta", "coronary")),
-            held_out_fraction=args.held_out)
+            held_out_fraction=args.held_out, batch_size=args.batch_size, jobs=args.jobs)
     if not args.networks_only:
         from .pipeline_training import fit_pipeline
 
@@ -241,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--base", type=int, default=8, help="network width (first stage channels)")
+    p.add_argument("--batch-size", type=int, default=8, help="patches per training iteration")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="training cases read in parallel (processes, about 3 GB each)")
     p.add_argument("--network", action="append", choices=("aorta", "coronary"),
                    help="train only this network (repeatable; default both); a model already "
                         "in DIR is kept")

@@ -43,6 +43,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -605,13 +606,46 @@ def _split(cases: list[CaseRef], fraction: float, seed: int):
     return [cases[i] for i in order[n_val:]], [cases[i] for i in order[:n_val]]
 
 
+def _prepare_for_models(ref: CaseRef, configs: dict, label_remap,
+                        input_normalization: str) -> dict[str, PreparedCase]:
+    """One case on each model's working grid (the aorta model only where aorta is labelled)."""
+    image, labels = load_case(ref, label_remap)
+    return {name: prepare_case(config, ref.name, image, labels, input_normalization)
+            for name, config in configs.items()
+            if name != AORTA_MODEL or (labels == AORTA_LABEL).any()}
+
+
+def _single_thread_worker() -> None:
+    """Worker start-up: one torch thread per process (``jobs`` workers share the cores)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def _map_jobs(function, items: list, jobs: int):
+    """``function`` over ``items`` in order, in ``jobs`` processes when more than one.
+
+    Workers are spawned, not forked: this process may hold a CUDA context and torch threads.
+    """
+    if jobs <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(items)), multiprocessing.get_context("spawn"),
+                             initializer=_single_thread_worker) as pool:
+        yield from pool.map(function, items)
+
+
 def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: str = "auto",
                  seed: int = 0, progress: Progress | None = None, *,
                  label_remap: dict | None = None, models=(AORTA_MODEL, CORONARY_MODEL),
                  held_out_fraction: float = 0.2, steps_per_epoch: int = 100,
                  batch_size: int = 8, base: int = 8, input_normalization: str = "histogram",
                  overrides: dict[str, dict] | None = None,
-                 data_description: str | None = None) -> dict:
+                 data_description: str | None = None, jobs: int = 1) -> dict:
     """Train the aorta and coronary networks and write them to ``out_dir``.
 
     Parameters
@@ -645,6 +679,9 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
         64, "spacing_mm": (1.0, 0.7, 0.7)}}``).
     data_description : str, optional
         Text for the model cards; default the case sources.
+    jobs : int
+        Training cases read and resampled in parallel (processes, about 3 GB each for a
+        clinical-size case).
 
     Returns
     -------
@@ -668,14 +705,12 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
         configs[name] = replace(configs[name], **changes)
     # Each case is read once and kept only on the working grids (float16 images).
     prepared = {name: [] for name in models}
-    for i, ref in enumerate(train_refs):
-        progress(f"reading training case {ref.name}", 0.15 * i / len(train_refs))
-        image, labels = load_case(ref, label_remap)
-        for name in models:
-            if name != AORTA_MODEL or (labels == AORTA_LABEL).any():
-                prepared[name].append(prepare_case(configs[name], ref.name, image, labels,
-                                                   input_normalization))
-        del image, labels
+    reader = partial(_prepare_for_models, configs={n: configs[n] for n in models},
+                     label_remap=label_remap, input_normalization=input_normalization)
+    for i, per_model in enumerate(_map_jobs(reader, train_refs, jobs)):
+        progress(f"read training case {train_refs[i].name}", 0.15 * (i + 1) / len(train_refs))
+        for name, case in per_model.items():
+            prepared[name].append(case)
     metrics, trained = {}, {}
     for m, name in enumerate(models):
         config = configs[name]

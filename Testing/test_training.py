@@ -210,15 +210,29 @@ def test_cli_trains_one_network_and_keeps_the_other(tmp_path, capsys):
     (models / "aorta.pt").write_bytes(b"an aorta model trained before")
     assert main(["train", str(tmp_path / "cohort"), "--out", str(models), "--network",
                  "coronary", "--networks-only", "--held-out", "0.34", "--epochs", "1",
-                 "--steps-per-epoch", "2", "--base", "4", "--device", "cpu"]) == 0
+                 "--steps-per-epoch", "2", "--base", "4", "--device", "cpu",
+                 "--batch-size", "3", "--jobs", "2"]) == 0
     meta = json.loads((models / "coronary.json").read_text())
     assert meta["training"]["n_train_cases"] == 2 and meta["training"]["n_held_out_cases"] == 1
+    assert meta["training"]["batch_size"] == 3
     assert (models / "aorta.pt").read_bytes() == b"an aorta model trained before"
     report = json.loads((models / "training_report.json").read_text())
     assert set(report["networks"]) == {"coronary"}
     assert main(["train", str(tmp_path / "cohort"), "--out", str(models), "--held-out",
                  "1.5"]) == 2
     assert "--held-out" in capsys.readouterr().err
+
+
+def test_cases_read_in_parallel_train_the_same_network(tmp_path):
+    for seed in range(3):
+        write_case_folder(tmp_path / "cohort" / f"case_{seed:03d}", seed)
+    losses = []
+    for jobs in (1, 2):
+        metrics = train_models(tmp_path / "cohort", tmp_path / f"models{jobs}", epochs=1,
+                               device="cpu", seed=3, steps_per_epoch=4, batch_size=2, base=4,
+                               overrides=TINY, held_out_fraction=0.0, jobs=jobs)
+        losses.append(metrics["coronary"]["final_loss"])
+    assert losses[0] == losses[1]
 
 
 def test_binary_labels_train_a_binary_coronary_model_and_skip_the_aorta(tmp_path):
