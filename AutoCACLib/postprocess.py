@@ -114,6 +114,13 @@ class PostprocessParams:
     max_pool_fraction : float
         A piece whose surroundings (a shell 1-2 mm outside it, coronary and aortic voxels
         excepted) are enhanced blood for more than this fraction lies inside a chamber.
+    pool_depth_mm : float
+        ... where a surrounding voxel counts as a chamber's blood when it lies deeper than
+        this in enhanced voxels (a calcified plaque's bright rim and halo around a vessel
+        are enhanced too, but thin).
+    max_blood_ratio : float
+        Voxels brighter than this times the aortic blood pool are calcium: left out of a
+        piece's lumen attenuation.
     max_gap_mm : float
         Longest gap bridged between a piece and the tree (voxel centre to voxel centre).
     contrast_gap_mm : float
@@ -150,6 +157,8 @@ class PostprocessParams:
     blob_test_mm3: float = 60.0
     min_lumen_ratio: float = 0.6
     max_pool_fraction: float = 0.5
+    pool_depth_mm: float = 2.5
+    max_blood_ratio: float = 1.6
     max_gap_mm: float = 6.0
     contrast_gap_mm: float = 20.0
     min_path_lumen_ratio: float = 0.6
@@ -508,7 +517,7 @@ def _measure_piece(index, piece_box, components, net, img, aorta, aorta_hu, spac
     """
     if np.count_nonzero(components[piece_box] == index) * voxel_mm3 < params.min_piece_mm3:
         return None, "speck"
-    pad = np.ceil(2.0 / spacing).astype(int) + 1
+    pad = np.ceil((2.0 + params.pool_depth_mm) / spacing).astype(int) + 2
     box = _box_around([s.start - p for s, p in zip(piece_box, pad)],
                       [s.stop + p for s, p in zip(piece_box, pad)], components.shape)
     inside = components[box] == index
@@ -516,7 +525,7 @@ def _measure_piece(index, piece_box, components, net, img, aorta, aorta_hu, spac
     coords = np.argwhere(inside) + [s.start for s in box]
     depth_mm = depth[inside]
     hu = img[box][inside]
-    core_hu = float(np.percentile(hu, _CORE_PERCENTILE))
+    core_hu = _lumen_hu(hu, aorta_hu, params)
     votes = np.bincount(net[box][inside], minlength=RCA + 1)[1:]
     piece = _Piece(coords, depth_mm, int(np.argmax(votes)) + 1, core_hu)
 
@@ -531,15 +540,33 @@ def _measure_piece(index, piece_box, components, net, img, aorta, aorta_hu, spac
             return piece, "low attenuation"
         outside = ndi.distance_transform_edt(~inside, sampling=spacing)
         shell = (outside > 1.0) & (outside <= 2.0) & (components[box] == 0) & ~aorta[box]
-        if shell.any() and np.mean(img[box][shell] >= enhanced) > params.max_pool_fraction:
+        pool = _enhanced_depth(img[box], enhanced, spacing) > params.pool_depth_mm
+        if shell.any() and np.mean(pool[shell]) > params.max_pool_fraction:
             return piece, "blood pool"
     return piece, None
 
 
+def _lumen_hu(hu: np.ndarray, aorta_hu: float | None, params) -> float:
+    """A piece's lumen attenuation: the upper quartile of its HU (which partial volume at the
+    wall does not reach), calcium (above ``max_blood_ratio`` of the aorta) left out, and
+    no brighter than the aorta whose blood fills it (a plaque's halo can make it look so)."""
+    if aorta_hu is None:
+        return float(np.percentile(hu, _CORE_PERCENTILE))
+    blood = hu[hu < params.max_blood_ratio * aorta_hu]
+    return min(float(np.percentile(blood if blood.size else hu, _CORE_PERCENTILE)), aorta_hu)
+
+
+def _enhanced_depth(img: np.ndarray, threshold_hu: float, spacing: np.ndarray) -> np.ndarray:
+    """Per voxel, how deep (mm) it lies in blood at least ``threshold_hu`` bright (on the
+    lightly smoothed image): deeper than a coronary's radius only inside a chamber."""
+    smooth = ndi.gaussian_filter(img.astype(np.float32), _POOL_SMOOTH_MM / spacing)
+    return ndi.distance_transform_edt(smooth >= threshold_hu, sampling=spacing)
+
+
 def _attenuation_reason(hu: np.ndarray, aorta_hu: float | None, params) -> str | None:
-    """``low attenuation`` when a piece's lumen (upper quartile of its HU, which partial
-    volume at the wall does not reach) is darker than ``min_lumen_ratio`` of the aorta."""
-    if aorta_hu is not None and np.percentile(hu, _CORE_PERCENTILE) < \
+    """``low attenuation`` when a piece's lumen (:func:`_lumen_hu`) is darker than
+    ``min_lumen_ratio`` of the aorta's."""
+    if aorta_hu is not None and _lumen_hu(hu, aorta_hu, params) < \
             params.min_lumen_ratio * aorta_hu:
         return "low attenuation"
     return None
@@ -680,11 +707,7 @@ def _find_contrast_link(piece, tree, net, img, spacing, params):
     hu = local[tuple(path.T)]
     if np.mean(hu < params.min_path_lumen_ratio * piece.core_hu) > _PATH_DARK_SHARE:
         return None
-    # Inside a chamber, enhanced blood (lightly smoothed against noise) reaches deeper than
-    # any coronary lumen's radius.
-    smooth = ndi.gaussian_filter(local, _POOL_SMOOTH_MM / spacing)
-    enhanced = smooth >= _POOL_LUMEN_RATIO * piece.core_hu
-    depth = ndi.distance_transform_edt(enhanced, sampling=spacing)[tuple(path.T)]
+    depth = _enhanced_depth(local, _POOL_LUMEN_RATIO * piece.core_hu, spacing)[tuple(path.T)]
     if np.mean(depth > params.max_radius_mm) > params.max_path_pool_fraction:
         return None
     return path + lo

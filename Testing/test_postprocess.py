@@ -168,6 +168,26 @@ def test_long_gap_through_a_chamber_is_not_bridged(scene):
     assert np.mean(result.labels[gap] == LAD) < 0.2
 
 
+@pytest.mark.parametrize("calcium_labelled", [True, False])
+def test_calcified_piece_beyond_a_long_gap_is_bridged(scene, calcium_labelled):
+    # The distal LAD is wrapped in a plaque (1 mm of calcium, then a 1 mm blurred halo) and
+    # cut off by 8 mm the network missed. Whether or not the network labels the calcium
+    # with the lumen, the piece is no chamber and its lumen is not the calcium's brightness.
+    gap = _cut_lad(scene, 4.0)
+    distal = VESSEL_PATHS[LAD][2:]
+    lumen = scene.tube_mask(distal, RADII[LAD]) & (scene.labels == LAD)
+    calcium = scene.tube_mask(distal, RADII[LAD] + 1.0) & ~lumen & ~gap
+    halo = scene.tube_mask(distal, RADII[LAD] + 2.0) & ~lumen & ~calcium & ~gap
+    scene.image[calcium], scene.image[halo] = 1000.0, 550.0
+    if calcium_labelled:
+        scene.labels[calcium] = LAD
+    result = scene.run()
+    assert "blood pool" not in result.qc.removed_pieces
+    assert result.qc.n_reconnected == 1
+    assert np.mean(result.labels[lumen] == LAD) > 0.95
+    assert np.mean(result.labels[gap] == LAD) > 0.5  # a thinner bridge where the piece is wide
+
+
 def test_missing_ostium_segment_is_bridged_to_the_aorta(scene):
     near_wall = (scene.labels == LM) & (scene.points[..., 2] < 38.5)  # 1.5 mm off the wall
     scene.labels[near_wall] = 0
