@@ -231,6 +231,19 @@ def _aorta_noise_sd(image: np.ndarray, aorta: np.ndarray, spacing: np.ndarray,
     return sd if sd > 1.0 else None
 
 
+def _region_medians(values: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Median of ``values`` in each labelled region of ``index`` (sorted, positive labels):
+    what ``scipy.ndimage.median`` gives, sorting only the regions' voxels (many times faster
+    where the regions are a small part of the array)."""
+    inside = np.isin(labels, index)
+    v, lab = values[inside], labels[inside]
+    order = np.lexsort((v, lab))
+    v, lab = v[order], lab[order]
+    start = np.searchsorted(lab, index, "left")
+    n = np.searchsorted(lab, index, "right") - start
+    return ((v[start + (n - 1) // 2] + v[start + n // 2]) / 2).astype(np.float64)
+
+
 def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                    centerlines_by_vessel: Mapping[str, Sequence[Centerline]],
                    calibration_factor: float, aorta_mask: np.ndarray | None = None,
@@ -322,8 +335,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
         level = np.full(n + 1, -np.inf)
         level[merged] = np.maximum(
             params.calibrated_ratio * calibration_factor,
-            params.lumen_ratio * np.asarray(ndi.median(img, np.where(beyond, parts, 0),
-                                                       merged)))
+            params.lumen_ratio * _region_medians(img, np.where(beyond, parts, 0), merged))
         candidate[img <= level[parts]] = 0
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     keep = np.zeros(n + 1, dtype=bool)

@@ -187,3 +187,16 @@ def test_small_faint_calcification_in_a_noisy_lumen_is_found(seed):
     found = _detect(image, lumen, cf=300, params=params).labels > 0
     assert (found & truth).any()
     assert np.all(_distance_mm(truth)[found] <= 1.5)
+
+
+def test_region_medians_match_scipy():
+    from scipy import ndimage
+
+    from AutoCACLib.calcium import _region_medians
+
+    rng = np.random.default_rng(4)
+    values = (300 * rng.normal(size=(20, 30, 40))).astype(np.float32)
+    labels = np.where(rng.random(values.shape) < 0.3, rng.integers(1, 9, values.shape), 0)
+    index = np.array([1, 2, 5, 8])  # regions of odd and even sizes
+    assert np.array_equal(_region_medians(values, labels, index),
+                          np.asarray(ndimage.median(values, labels, index), dtype=np.float64))
