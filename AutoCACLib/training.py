@@ -106,10 +106,17 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _pairs_in_folder(root: Path) -> list[CaseRef]:
-    cases = []
-    for folder, dirs, _ in sorted(os.walk(root)):
+    """The cases below ``root``, ordered by folder path; symbolic links to folders are
+    followed (each real folder read once, so link loops end)."""
+    by_folder, seen = {}, set()
+    for folder, dirs, _ in os.walk(root, followlinks=True):
         folder = Path(folder)
         dirs.sort()
+        if folder.resolve() in seen:
+            dirs.clear()
+            continue
+        seen.add(folder.resolve())
+        by_folder[str(folder)] = cases = []
         if (folder / CASE_IMAGE).is_file() and (folder / CASE_LABELS).is_file():
             cases.append(CaseRef(folder.name, folder / CASE_IMAGE, folder / CASE_LABELS))
             continue
@@ -130,7 +137,7 @@ def _pairs_in_folder(root: Path) -> list[CaseRef]:
                         cases.append(CaseRef(_stem(p), p, labels[_stem(p)]))
                 dirs.remove(lower[image_dir])
                 dirs.remove(lower[label_dir])
-    return cases
+    return [case for folder in sorted(by_folder) for case in by_folder[folder]]
 
 
 def find_cases(sources) -> list[CaseRef]:

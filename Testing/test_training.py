@@ -77,6 +77,15 @@ def test_finds_imagecas_asoca_nnunet_and_autocac_layouts(tmp_path):
         find_cases(tmp_path / "imagecas" / "none")
 
 
+def test_find_cases_follows_folder_links_once(tmp_path):
+    write_case_folder(tmp_path / "made" / "case_000", 0)
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "a_case").symlink_to(tmp_path / "made" / "case_000")
+    (tmp_path / "mix" / "loop").symlink_to(tmp_path / "mix")  # a link cycle ends
+    found = find_cases(tmp_path / "mix")
+    assert [c.name for c in found] == ["a_case"]
+
+
 def test_labels_binary_by_default_remapped_or_named(tmp_path):
     image, labels = tube_case()
     write_as(image, tmp_path / "a.img.nrrd")
