@@ -244,11 +244,26 @@ def _region_medians(values: np.ndarray, labels: np.ndarray, index: np.ndarray) -
     return ((v[start + (n - 1) // 2] + v[start + n // 2]) / 2).astype(np.float64)
 
 
+def _threshold_free(image, lumen, aorta, sp, params) -> dict:
+    """What :func:`detect_calcium` computes in its box whatever the thresholds: the smoothed
+    image, the aortic noise and the voxels near the lumen (within the growth margin and a
+    one-voxel shell), beyond the growth margin and within the wall margin."""
+    img = image.astype(np.float32)
+    if params.smooth_mm > 0:
+        img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
+    depth = ndi.distance_transform_edt(~lumen, sampling=sp)
+    return {"img": img, "noise_sd": None if aorta is None else _aorta_noise_sd(img, aorta, sp),
+            "near": depth <= params.growth_margin_mm + float(sp.max()),
+            "beyond": depth > params.growth_margin_mm,
+            "at_wall": depth <= params.wall_margin_mm}
+
+
 def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                    centerlines_by_vessel: Mapping[str, Sequence[Centerline]],
                    calibration_factor: float, aorta_mask: np.ndarray | None = None,
                    params: CalciumParams = CalciumParams(),
-                   label_values: Mapping[str, int] = VESSEL_LABEL) -> CalciumDetection:
+                   label_values: Mapping[str, int] = VESSEL_LABEL,
+                   cache: dict | None = None) -> CalciumDetection:
     """Detect coronary calcium with the adaptive threshold along the centerlines.
 
     Parameters
@@ -270,6 +285,10 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     params : CalciumParams
     label_values : mapping str -> int
         Label value of each vessel in ``vessel_labels``.
+    cache : dict, optional
+        Give the same dict to repeated calls on the same image and masks (a parameter fit)
+        to reuse the smoothed image, its noise and the distances to the lumen, which do not
+        depend on the thresholds.
 
     Returns
     -------
@@ -290,11 +309,14 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     lo = np.maximum(found.min(axis=0) - grow, 0)
     hi = np.minimum(found.max(axis=0) + grow + 1, image.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    img, lum = image[box].astype(np.float32), lumen[box]
-    if params.smooth_mm > 0:
-        img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
+    lum = lumen[box]
     aorta = None if aorta_mask is None else np.asarray(aorta_mask, dtype=bool)[box]
-    noise_sd = None if aorta is None else _aorta_noise_sd(img, aorta, sp)
+    key = (box, params.smooth_mm, params.growth_margin_mm, params.wall_margin_mm)
+    if cache is None or cache.get("key") != key:
+        cache = {} if cache is None else cache
+        cache.clear()
+        cache.update(key=key, **_threshold_free(image[box], lum, aorta, sp, params))
+    img, noise_sd = cache["img"], cache["noise_sd"]
 
     element = ball(max(params.lumen_ball_mm, float(sp.max())), sp)
     offsets = np.argwhere(element) - np.array(element.shape) // 2
@@ -316,9 +338,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     # bright regions that go on past the growth margin (a one-voxel shell beyond it is
     # checked) are neighbouring structures (pulmonary artery, cardiac chambers, veins, bone)
     # and are dropped whole.
-    depth = ndi.distance_transform_edt(~lum, sampling=sp)
-    shell = params.growth_margin_mm + float(sp.max())
-    voxels = np.argwhere((img > point_threshold.min()) & (depth <= shell))
+    voxels = np.argwhere((img > point_threshold.min()) & cache["near"])
     _, nearest = cKDTree(point_mm).query(voxels * sp)
     voxels, nearest = (a[img[tuple(voxels.T)] > point_threshold[nearest]]
                        for a in (voxels, nearest))
@@ -328,7 +348,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     # with it: such a region is cut at the calibrated threshold and at ``lumen_ratio`` times
     # the neighbour's own level (its median beyond the growth margin) before the neighbour is
     # dropped, so that the calcification is not dropped with it.
-    beyond = depth > params.growth_margin_mm
+    beyond = cache["beyond"]
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     merged = np.unique(parts[beyond & (parts > 0)])
     if merged.size:
@@ -339,7 +359,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
         candidate[img <= level[parts]] = 0
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     keep = np.zeros(n + 1, dtype=bool)
-    keep[parts[depth <= params.wall_margin_mm]] = True
+    keep[parts[cache["at_wall"]]] = True
     keep[parts[beyond]] = False
     keep[0] = False
     candidate[~keep[parts]] = 0

@@ -93,6 +93,8 @@ class TrainingCase:
         Total CSCT reference scores.
     prepare_s : float
         Seconds spent reading and preparing the case.
+    detect_cache : dict
+        :func:`detect_calcium`'s threshold-free work, reused across fit candidates.
     """
 
     name: str
@@ -107,6 +109,7 @@ class TrainingCase:
     reference_agatston: float
     reference_volume_mm3: float
     prepare_s: float = 0.0
+    detect_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def complete_cases(root: str | Path) -> list[Path]:
@@ -231,7 +234,8 @@ def detect_case(case: TrainingCase, params: CalciumParams, calibration_factor: f
                 ) -> np.ndarray:
     """Calcium labels (1..4) of a prepared case under ``params``."""
     return detect_calcium(case.image, case.spacing, case.vessel_labels, case.centerlines,
-                          calibration_factor, aorta_mask=case.aorta, params=params).labels
+                          calibration_factor, aorta_mask=case.aorta, params=params,
+                          cache=case.detect_cache).labels
 
 
 def case_scores(case: TrainingCase, calcium: np.ndarray, calibration_factor: float,

@@ -200,3 +200,21 @@ def test_region_medians_match_scipy():
     index = np.array([1, 2, 5, 8])  # regions of odd and even sizes
     assert np.array_equal(_region_medians(values, labels, index),
                           np.asarray(ndimage.median(values, labels, index), dtype=np.float64))
+
+
+def test_a_shared_cache_gives_the_same_detections():
+    blobs = [(8.0, 1.0, 900, RADIUS), (20.0, 1.3, 700, RADIUS)]
+    image, lumen, _ = _case(400, blobs, seed=6)
+    z, y, x = _grid()
+    aorta = (x < 1.5) + 0 * z + 0 * y > 0
+    image[aorta] = 450.0
+    labels = np.where(lumen, VESSEL_LABEL["LAD"], 0)
+    lines = {"LAD": vessel_centerlines(lumen, SPACING)}
+    cache = {}
+    for params in (CalciumParams(), CalciumParams(lumen_ratio=1.45, calibrated_ratio=1.6),
+                   CalciumParams(smooth_mm=0.0, min_volume_mm3=2.0)):
+        alone = detect_calcium(image, SPACING, labels, lines, 400.0, aorta, params)
+        shared = detect_calcium(image, SPACING, labels, lines, 400.0, aorta, params,
+                                cache=cache)
+        assert np.array_equal(alone.labels, shared.labels) and alone.labels.any()
+        assert shared.excluded_near_aorta_mm3 == alone.excluded_near_aorta_mm3
