@@ -312,8 +312,8 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     lum = lumen[box]
     aorta = None if aorta_mask is None else np.asarray(aorta_mask, dtype=bool)[box]
     key = (box, params.smooth_mm, params.growth_margin_mm, params.wall_margin_mm)
-    if cache is None or cache.get("key") != key:
-        cache = {} if cache is None else cache
+    cache = {} if cache is None else cache
+    if cache.get("key") != key:
         cache.clear()
         cache.update(key=key, **_threshold_free(image[box], lum, aorta, sp, params))
     img, noise_sd = cache["img"], cache["noise_sd"]

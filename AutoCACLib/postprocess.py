@@ -496,7 +496,8 @@ def _split_pieces(components, net, img, aorta, aorta_hu, spacing, params, remove
         size_mm = np.array([s.stop - s.start - 1 for s in piece_box]) * spacing
         if is_root[index] and np.linalg.norm(size_mm) >= sure_root_mm:
             hu = img[piece_box][components[piece_box] == index]
-            piece, reason = None, _attenuation_reason(hu, aorta_hu, params)
+            piece, reason = None, _attenuation_reason(_lumen_hu(hu, aorta_hu, params),
+                                                      aorta_hu, params)
         else:
             piece, reason = _measure_piece(index, piece_box, components, net, img, aorta,
                                            aorta_hu, spacing, voxel_mm3, params)
@@ -536,7 +537,7 @@ def _measure_piece(index, piece_box, components, net, img, aorta, aorta_hu, spac
             return piece, "blob"
     if aorta_hu is not None:
         enhanced = params.min_lumen_ratio * aorta_hu
-        if _attenuation_reason(hu, aorta_hu, params):
+        if _attenuation_reason(core_hu, aorta_hu, params):
             return piece, "low attenuation"
         outside = ndi.distance_transform_edt(~inside, sampling=spacing)
         shell = (outside > 1.0) & (outside <= 2.0) & (components[box] == 0) & ~aorta[box]
@@ -563,11 +564,10 @@ def _enhanced_depth(img: np.ndarray, threshold_hu: float, spacing: np.ndarray) -
     return ndi.distance_transform_edt(smooth >= threshold_hu, sampling=spacing)
 
 
-def _attenuation_reason(hu: np.ndarray, aorta_hu: float | None, params) -> str | None:
-    """``low attenuation`` when a piece's lumen (:func:`_lumen_hu`) is darker than
-    ``min_lumen_ratio`` of the aorta's."""
-    if aorta_hu is not None and _lumen_hu(hu, aorta_hu, params) < \
-            params.min_lumen_ratio * aorta_hu:
+def _attenuation_reason(lumen_hu: float, aorta_hu: float | None, params) -> str | None:
+    """``low attenuation`` when a piece's lumen attenuation (:func:`_lumen_hu`) is darker
+    than ``min_lumen_ratio`` of the aorta's."""
+    if aorta_hu is not None and lumen_hu < params.min_lumen_ratio * aorta_hu:
         return "low attenuation"
     return None
 
