@@ -94,7 +94,8 @@ class PostprocessParams:
     Attributes
     ----------
     ostium_margin_mm : float
-        A coronary voxel this close to the aorta touches it: the tree's roots (ostia).
+        A coronary voxel this close to the aorta touches it: the tree's roots (ostia). The
+        aorta network's boundary is uncertain by about a voxel of its 1.2 mm grid.
     ostium_merge_mm : float
         Contacts with the aorta closer to each other than this are one ostium.
     min_piece_mm3 : float
@@ -149,7 +150,7 @@ class PostprocessParams:
         Above this fraction of discarded coronary voxels, the QC calls the tree fragmented.
     """
 
-    ostium_margin_mm: float = 1.0
+    ostium_margin_mm: float = 2.0
     ostium_merge_mm: float = 4.0
     min_piece_mm3: float = 1.0
     max_radius_mm: float = 3.5
