@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from AutoCACLib.phantom import case_seed, make_case, write_case, write_cohort
 from AutoCACLib.phantom import case as case_module
@@ -71,6 +72,15 @@ def test_labels_lie_on_the_anatomy(typical, zero, heavy):
         assert veins.any() and not np.isin(labels[veins], list(VESSEL_LABEL.values())).any()
         # The myocardium enhances far less than the blood pool.
         assert image[case.extra_masks["myocardium"]].mean() < aorta
+
+
+def test_coronaries_run_in_fat_outside_blood_pools(typical, zero, heavy):
+    # Epicardial arteries never run inside an atrium, its appendage or the pulmonary trunk:
+    # there they would be invisible in the CCTA, yet part of the truth.
+    for case in (typical, zero, heavy):
+        lumen = np.isin(case.ccta_labels, list(VESSEL_LABEL.values()))
+        pools = case.extra_masks["cardiac_blood_pool"] | case.extra_masks["pulmonary_artery"]
+        assert pools.any() and not (lumen & ndi.binary_dilation(pools)).any()
 
 
 def test_calcium_free_case_scores_zero(zero):

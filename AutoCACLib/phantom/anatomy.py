@@ -106,8 +106,8 @@ def build_anatomy(rng: np.random.Generator, kvp: float, burden=None,
                       + build_extra_calcium(rng, heart, target, (heart_bottom - 20, top + 40)))
 
     layers = (thorax.behind_heart + heart.envelope + [tree.groove_fat] + heart.chambers
-              + heart.great_vessels + tree.layers + calcium_layers(calcifications)
-              + thorax.over_heart)
+              + heart.great_vessels + [tree.sheath] + heart.aortic_layers + tree.layers
+              + calcium_layers(calcifications) + thorax.over_heart)
 
     roll, pitch, yaw = rng.uniform(-8, 8), rng.uniform(-3, 3), rng.uniform(-3, 3)
     rotation = _rotation(roll, pitch, yaw)

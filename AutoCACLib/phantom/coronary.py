@@ -48,6 +48,7 @@ class CoronaryTree:
     dominance: str
     layers: list
     groove_fat: Layer
+    sheath: Layer
 
 
 def build_coronaries(rng: np.random.Generator, heart: Heart,
@@ -149,11 +150,17 @@ def build_coronaries(rng: np.random.Generator, heart: Heart,
         veins.append(vein([(0.35 * a1, -25 + jitter()), (0.0, -28), (ub + 5, -32)],
                           rng.uniform(1.0, 1.4), rng.uniform(1.6, 2.2)))
 
+    fat_mm = rng.uniform(2.5, 5.0, len(arteries) + len(veins))
+    tubes = [a.tube for a in arteries] + veins
     groove_fat = Layer("epicardial fat", Material("fat"),
-                       [t.grown(rng.uniform(2.5, 5.0)) for t in [a.tube for a in arteries] + veins])
+                       [t.grown(m) for t, m in zip(tubes, fat_mm)])
+    # The arteries' own fat (1-2 mm around the lumen): epicardial arteries never run inside
+    # an atrium, its appendage or the pulmonary trunk; this layer pushes those back.
+    sheath = Layer("perivascular fat", Material("fat"),
+                   [a.tube.grown(0.4 * m) for a, m in zip(arteries, fat_mm)])
     lumen = Material("blood", enhancement.aorta_mg_ml)
     layers = [Layer(VEIN, enhancement.blood(enhancement.veins), veins)]
     for vessel in ("LM", "LAD", "LCx", "RCA"):
         layers.append(Layer(lumen_tag(vessel), lumen,
                             [a.tube for a in arteries if a.vessel == vessel]))
-    return CoronaryTree(arteries, veins, dominance, layers, groove_fat)
+    return CoronaryTree(arteries, veins, dominance, layers, groove_fat, sheath)

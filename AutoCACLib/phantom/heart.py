@@ -111,7 +111,10 @@ class Heart:
     chambers : list of Layer
         Myocardium and blood pools.
     great_vessels : list of Layer
-        Aorta, pulmonary trunk and arteries, cavae, pulmonary veins.
+        Pulmonary trunk and arteries, cavae, pulmonary veins.
+    aortic_layers : list of Layer
+        Aortic wall and lumen (painted after the coronaries' fat, which must not cut the
+        ostia).
     aorta : Tube
         Aortic lumen, from the valve.
     aortic_wall_mm : float
@@ -128,6 +131,7 @@ class Heart:
     envelope: list = field(default_factory=list)
     chambers: list = field(default_factory=list)
     great_vessels: list = field(default_factory=list)
+    aortic_layers: list = field(default_factory=list)
     aorta: Tube = None
     aortic_wall_mm: float = 2.0
     root_center: np.ndarray = None
@@ -277,7 +281,6 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
              for side in (-1, 1) for dz in (-10, 10)]
 
     heart.great_vessels = [
-        Layer("aortic wall", Material("soft_tissue"), [aorta.grown(wall)]),
         Layer("pulmonary wall", Material("soft_tissue"), [t.grown(1.2) for t in pulmonary]),
         Layer(PULMONARY_ARTERY, enhancement.blood(enhancement.pulmonary), pulmonary),
         Layer("pulmonary veins", left_blood, veins),
@@ -286,6 +289,7 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
         Layer("inferior vena cava", enhancement.blood(0.6 * enhancement.right_heart), [ivc]),
         Layer("superior vena cava", enhancement.blood(enhancement.svc),
               [Tube.through(svc_path, svc_r, 2.0)]),
-        Layer(AORTA, left_blood, [aorta]),
     ]
+    heart.aortic_layers = [Layer("aortic wall", Material("soft_tissue"), [aorta.grown(wall)]),
+                           Layer(AORTA, left_blood, [aorta])]
     return heart
