@@ -112,10 +112,11 @@ def _pairs_in_folder(root: Path) -> list[CaseRef]:
     for folder, dirs, _ in os.walk(root, followlinks=True):
         folder = Path(folder)
         dirs.sort()
-        if folder.resolve() in seen:
+        real = folder.resolve()
+        if real in seen:
             dirs.clear()
             continue
-        seen.add(folder.resolve())
+        seen.add(real)
         by_folder[str(folder)] = cases = []
         if (folder / CASE_IMAGE).is_file() and (folder / CASE_LABELS).is_file():
             cases.append(CaseRef(folder.name, folder / CASE_IMAGE, folder / CASE_LABELS))
