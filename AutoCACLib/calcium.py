@@ -46,7 +46,7 @@ from scipy.spatial import cKDTree
 
 from .centerlines import Centerline
 from .segments import VESSEL_LABEL, VESSELS
-from .structuring import ball
+from .structuring import ball, bounding_box, distance_mm
 
 
 @dataclass(frozen=True)
@@ -221,9 +221,8 @@ def _aorta_noise_sd(image: np.ndarray, aorta: np.ndarray, spacing: np.ndarray,
     """
     if not aorta.any():
         return None
-    found = np.argwhere(aorta)
-    box = tuple(slice(a, b + 1) for a, b in zip(found.min(0), found.max(0)))
-    core = ndi.distance_transform_edt(np.pad(aorta[box], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    box = bounding_box(aorta)
+    core = distance_mm(np.pad(aorta[box], 1), spacing)[1:-1, 1:-1, 1:-1]
     values = image[box][core > depth_mm]
     if values.size < min_voxels:
         return None
@@ -251,7 +250,7 @@ def _threshold_free(image, lumen, aorta, sp, params) -> dict:
     img = image.astype(np.float32)
     if params.smooth_mm > 0:
         img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
-    depth = ndi.distance_transform_edt(~lumen, sampling=sp)
+    depth = distance_mm(~lumen, sp)
     return {"img": img, "noise_sd": None if aorta is None else _aorta_noise_sd(img, aorta, sp),
             "near": depth <= params.growth_margin_mm + float(sp.max()),
             "beyond": depth > params.growth_margin_mm,
@@ -305,10 +304,8 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
 
     # Work in the bounding box of the vessels, grown by the margins.
     grow = np.ceil((params.growth_margin_mm + params.aorta_margin_mm + 1.0) / sp).astype(int)
-    found = np.argwhere(lumen)
-    lo = np.maximum(found.min(axis=0) - grow, 0)
-    hi = np.minimum(found.max(axis=0) + grow + 1, image.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = bounding_box(lumen, grow)
+    lo = np.array([s.start for s in box])
     lum = lumen[box]
     aorta = None if aorta_mask is None else np.asarray(aorta_mask, dtype=bool)[box]
     key = (box, params.smooth_mm, params.growth_margin_mm, params.wall_margin_mm)

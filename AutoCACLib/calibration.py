@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .preprocess import fit_gmm_histogram
+from .structuring import bounding_box, distance_mm
 
 #: Feature order of the regressor's input.
 FEATURE_NAMES = ("p05", "p25", "p50", "p75", "p95", "mean", "std", "core_mean", "gmm_mean",
@@ -82,11 +82,10 @@ def aorta_features(image: np.ndarray, spacing, aorta_mask: np.ndarray, kvp: floa
     if not mask.any():
         raise ValueError("the aorta mask is empty")
     sp = np.asarray(spacing, dtype=float)
-    found = np.argwhere(mask)
-    box = tuple(slice(max(a - 1, 0), b + 2) for a, b in zip(found.min(0), found.max(0)))
+    box = bounding_box(mask, 1)
     sub, img = mask[box], np.asarray(image)[box]
     values = img[sub].astype(float)
-    depth = ndi.distance_transform_edt(sub, sampling=sp)
+    depth = distance_mm(sub, sp)
     core = img[depth > core_erosion_mm].astype(float)
     if core.size < 10:
         core = values

@@ -25,6 +25,8 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from .structuring import bounding_box, distance_mm
+
 
 @dataclass
 class Centerline:
@@ -100,7 +102,7 @@ def _radius_mm(mask: np.ndarray, spacing: np.ndarray, coords: np.ndarray) -> np.
     tubes of 0.9-2.5 mm radius at 0.4-0.625 mm voxels this is within about 0.1 mm of the
     true radius for oblique tubes and up to half a voxel above it for axis-aligned ones.
     """
-    dist = ndi.distance_transform_edt(mask, sampling=spacing)
+    dist = distance_mm(mask, spacing)
     deepest = ndi.maximum_filter(dist, size=3, mode="constant")
     return np.maximum(deepest[tuple(coords.T)], 0.5 * float(spacing.min()))
 
@@ -114,10 +116,12 @@ def _hint_distance(hint, offset: np.ndarray, spacing: np.ndarray, coords: np.nda
         targets = hint_arr[None, :].astype(float)
     else:
         hint_mask = hint_arr.astype(bool)
-        surface = hint_mask & ~ndi.binary_erosion(hint_mask)
-        targets = np.argwhere(surface).astype(float)
-        if not len(targets):
+        if not hint_mask.any():
             return None
+        box = bounding_box(hint_mask, 1)
+        hint_mask = hint_mask[box]
+        surface = hint_mask & ~ndi.binary_erosion(hint_mask)
+        targets = (np.argwhere(surface) + [s.start for s in box]).astype(float)
     tree = cKDTree(targets * spacing)
     return tree.query((coords + offset) * spacing)[0]
 
@@ -218,9 +222,9 @@ def vessel_centerlines(vessel_mask: np.ndarray, spacing, root_hint=None,
     sp = np.asarray(spacing, dtype=float)
     if not mask.any():
         return []
-    lo = np.maximum(np.argwhere(mask).min(axis=0) - 1, 0)
-    hi = np.minimum(np.argwhere(mask).max(axis=0) + 2, mask.shape)
-    crop = mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    box = bounding_box(mask, 1)
+    lo = np.array([s.start for s in box])
+    crop = mask[box]
     skeleton = skeletonize(crop).astype(bool)
     coords, graph = _skeleton_graph(skeleton, sp)
     radius = _radius_mm(crop, sp, coords)

@@ -133,15 +133,15 @@ class Model:
     def spacing(self) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.meta["spacing_mm"])
 
-    def predict(self, image: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    def predict(self, image: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities of every slice of a normalized image on the working grid.
 
         Parameters
         ----------
         image : ndarray (z, y, x)
             Normalized input on the model's working grid.
-        batch_size : int
-            Slices per forward pass.
+        batch_size : int, optional
+            Slices per forward pass; default 8 on the CPU, 32 on a GPU.
 
         Returns
         -------
@@ -151,6 +151,7 @@ class Model:
         import torch
 
         image = np.ascontiguousarray(image, dtype=np.float32)
+        batch_size = batch_size or (8 if self.device.type == "cpu" else 32)
         out = np.empty((len(self.classes),) + image.shape, dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, image.shape[0], batch_size):
@@ -272,7 +273,8 @@ def _axis_taps(n_in: int, n_out: int, out_index: np.ndarray, antialias: bool):
     return np.clip(index, 0, n_in - 1), weight.astype(np.float32)
 
 
-def resample_linear(array: np.ndarray, out_shape, region=None, antialias: bool = True):
+def resample_linear(array: np.ndarray, out_shape, region=None, antialias: bool = True,
+                    device=None):
     """Linear resampling of a 3D array onto a grid of the same extent.
 
     Parameters
@@ -286,6 +288,9 @@ def resample_linear(array: np.ndarray, out_shape, region=None, antialias: bool =
         Widen the filter when shrinking an axis (a triangle filter over the input
         voxels that fall into one output voxel) so that noise and thin structures average
         instead of aliasing.
+    device : torch.device, optional
+        Where the arithmetic runs (a model's device: a GPU resamples a clinical image many
+        times faster than the CPU); default the CPU.
 
     Returns
     -------
@@ -296,6 +301,8 @@ def resample_linear(array: np.ndarray, out_shape, region=None, antialias: bool =
 
     region = region or tuple(slice(0, n) for n in out_shape)
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if device is not None:
+        x = x.to(device)
     # Shrinking axes first keeps the intermediate arrays small.
     for axis in sorted(range(3), key=lambda a: out_shape[a] / array.shape[a]):
         n_in, n_out = array.shape[axis], out_shape[axis]
@@ -308,11 +315,11 @@ def resample_linear(array: np.ndarray, out_shape, region=None, antialias: bool =
         view[axis] = -1
         acc = None
         for t in range(index.shape[1]):
-            term = x.index_select(axis, torch.from_numpy(index[:, t]))
-            term *= torch.from_numpy(weight[:, t]).view(view)
+            term = x.index_select(axis, torch.from_numpy(index[:, t]).to(x.device))
+            term *= torch.from_numpy(weight[:, t]).to(x.device).view(view)
             acc = term if acc is None else acc.add_(term)
         x = acc
-    return x.numpy()
+    return x.cpu().numpy()
 
 
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:
@@ -363,7 +370,8 @@ def resample_majority(labels: np.ndarray, out_shape, n_classes: int,
     return out
 
 
-def upsample_labels(probabilities: np.ndarray, out_shape, region=None, classes=None):
+def upsample_labels(probabilities: np.ndarray, out_shape, region=None, classes=None,
+                    device=None):
     """Label map on a finer grid from class probabilities on a working grid.
 
     A voxel is foreground where the linearly up-sampled probability of the foreground
@@ -380,6 +388,8 @@ def upsample_labels(probabilities: np.ndarray, out_shape, region=None, classes=N
         Part of the target grid to compute.
     classes : sequence of int, optional
         The foreground classes; default all but 0.
+    device : torch.device, optional
+        Where the up-sampling runs (see :func:`resample_linear`).
 
     Returns
     -------
@@ -390,7 +400,7 @@ def upsample_labels(probabilities: np.ndarray, out_shape, region=None, classes=N
     """
     classes = np.asarray(classes if classes is not None else range(1, len(probabilities)))
     foreground = resample_linear(probabilities[classes].sum(axis=0), out_shape, region,
-                                 antialias=False)
+                                 antialias=False, device=device)
     winner = classes[probabilities[classes].argmax(axis=0)].astype(np.uint8)
     labels = resample_nearest(winner, out_shape, region)
     labels[foreground < 0.5] = 0
@@ -467,12 +477,12 @@ class NetworkSegmentation:
         return labels
 
 
-def prepare_input(model_meta: dict, source: np.ndarray, spacing) -> np.ndarray:
+def prepare_input(model_meta: dict, source: np.ndarray, spacing, device=None) -> np.ndarray:
     """Network input: ``source`` (see :func:`network_source`) resampled to the model's
-    working grid and windowed to 0..1."""
+    working grid (on ``device``, default the CPU) and windowed to 0..1."""
     shape = grid_shape(source.shape, spacing, model_meta["spacing_mm"])
     norm = model_meta["normalization"]
-    return window(resample_linear(source, shape), norm["low"], norm["high"])
+    return window(resample_linear(source, shape, device=device), norm["low"], norm["high"])
 
 
 def heart_box_from_mask(mask: np.ndarray, in_shape, spacing, margin_mm: float,
@@ -517,7 +527,7 @@ def heart_box_from_mask(mask: np.ndarray, in_shape, spacing, margin_mm: float,
 def segment_networks(volume: Volume, normalized: np.ndarray | None = None,
                      models_dir: str | os.PathLike | None = None, device: str = "auto",
                      models: dict[str, Model] | None = None, heart_margin_mm: float = 12.0,
-                     batch_size: int = 8, progress: Progress | None = None
+                     batch_size: int | None = None, progress: Progress | None = None
                      ) -> NetworkSegmentation:
     """Run the aorta pass, crop the heart and run the coronary pass.
 
@@ -535,8 +545,8 @@ def segment_networks(volume: Volume, normalized: np.ndarray | None = None,
         Already loaded models by name (``aorta``, ``coronary``), instead of reading files.
     heart_margin_mm : float
         Margin around the coarse coronary region for the crop.
-    batch_size : int
-        Slices per forward pass.
+    batch_size : int, optional
+        Slices per forward pass (default: :meth:`Model.predict`'s).
     progress : callable(message, fraction), optional
 
     Returns
@@ -563,7 +573,7 @@ def segment_networks(volume: Volume, normalized: np.ndarray | None = None,
     t0 = time.perf_counter()
     progress("aorta network", 0.05)
     x = prepare_input(aorta_model.meta, network_source(volume.array, aorta_model.meta[
-        "normalization"], normalized), volume.spacing)
+        "normalization"], normalized), volume.spacing, aorta_model.device)
     probabilities = aorta_model.predict(x, batch_size)
     coarse = probabilities.argmax(axis=0)
     aorta_index = aorta_model.classes.index("Aorta")
@@ -571,7 +581,8 @@ def segment_networks(volume: Volume, normalized: np.ndarray | None = None,
     aorta = np.zeros(volume.shape, dtype=bool)
     if present.any():
         box = heart_box_from_mask(present, volume.shape, volume.spacing, 2 * max(volume.spacing))
-        labels, _ = upsample_labels(probabilities, volume.shape, box, [aorta_index])
+        labels, _ = upsample_labels(probabilities, volume.shape, box, [aorta_index],
+                                    aorta_model.device)
         aorta[box] = labels > 0
     voxel_mm3 = float(np.prod(aorta_model.spacing))
     box = heart_box_from_mask(coarse == aorta_model.classes.index("Coronary"), volume.shape,
@@ -584,10 +595,11 @@ def segment_networks(volume: Volume, normalized: np.ndarray | None = None,
     t0 = time.perf_counter()
     progress("coronary network", 0.5)
     source = network_source(volume.array, coronary_model.meta["normalization"], normalized)
-    x = prepare_input(coronary_model.meta, source[box], volume.spacing)
+    x = prepare_input(coronary_model.meta, source[box], volume.spacing, coronary_model.device)
     probabilities = coronary_model.predict(x, batch_size)
     crop_shape = tuple(b.stop - b.start for b in box)
-    labels, foreground = upsample_labels(probabilities, crop_shape)
+    labels, foreground = upsample_labels(probabilities, crop_shape,
+                                         device=coronary_model.device)
     coronary = np.zeros(volume.shape, dtype=np.uint8)
     coronary[box] = labels
     probability = np.zeros(volume.shape, dtype=np.float16)

@@ -41,6 +41,7 @@ from .centerlines import Centerline, vessel_centerlines
 from .pipeline import CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARAMS_FILE
 from .scoring import ScoringSettings, score_calcium
 from .segments import AORTA_LABEL, VESSEL_LABEL, VESSELS
+from .structuring import bounding_box
 from .volume import Volume, read_volume
 
 #: ``segment(volume) -> label map`` with AutoCAC label values (aorta and vessel lumens).
@@ -139,11 +140,7 @@ def _truth_labels(case_dir: Path, shape) -> np.ndarray:
 
 
 def _crop_box(mask: np.ndarray, spacing, margin_mm: float) -> tuple[slice, ...]:
-    found = np.argwhere(mask)
-    grow = np.ceil(margin_mm / np.asarray(spacing, float)).astype(int)
-    lo = np.maximum(found.min(axis=0) - grow, 0)
-    hi = np.minimum(found.max(axis=0) + grow + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return bounding_box(mask, np.ceil(margin_mm / np.asarray(spacing, float)).astype(int))
 
 
 def prepare_case(case_dir: str | Path, masks_from: MaskSource = "truth") -> TrainingCase:

@@ -55,7 +55,7 @@ from skimage.draw import line_nd
 from skimage.graph import MCP_Geometric
 
 from .segments import VESSELS
-from .structuring import ball
+from .structuring import ball, bounding_box
 
 #: Vessel indices of the output label map (not the segment label values of ``segments``).
 LM, LAD, LCX, RCA = 1, 2, 3, 4
@@ -306,7 +306,7 @@ def postprocess_coronaries(vessel_labels, image, spacing, aorta_mask,
         return PostprocessResult(out, _qc(params, _TreeFacts(), 0, 0, Counter(), 1.0))
 
     reach = params.max_gap_mm + params.direction_radius_mm + params.max_radius_mm
-    box = _bounding_box(coronary, np.ceil(reach / spacing).astype(int) + 1)
+    box = bounding_box(coronary, np.ceil(reach / spacing).astype(int) + 1)
     net = np.where(coronary[box], vessel_labels[box], 0).astype(np.int8)
     img = image[box]
     aorta = aorta_mask[box]
@@ -358,17 +358,6 @@ def _qc(params, facts, n_before, n_reconnected, removed, removed_fraction) -> Po
 
 # --- geometry helpers ---------------------------------------------------------------------
 
-def _bounding_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
-    """Slices of the bounding box of a non-empty mask grown by ``margin`` voxels per axis."""
-    boxes = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=others))
-        boxes.append(slice(max(int(idx[0]) - int(margin[axis]), 0),
-                           min(int(idx[-1]) + 1 + int(margin[axis]), mask.shape[axis])))
-    return tuple(boxes)
-
-
 def _box_around(lo, hi, shape) -> tuple[slice, ...]:
     """Slices ``lo:hi`` clipped to an array shape."""
     lo = np.maximum(np.asarray(lo), 0)
@@ -387,7 +376,7 @@ def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
     element = ball(radius_mm, spacing)
     offsets = np.argwhere(element) - np.array(element.shape) // 2
     reach = np.array(element.shape) // 2
-    box = _bounding_box(mask, reach)
+    box = bounding_box(mask, reach)
     lo = np.array([s.start for s in box])
     hi = np.array([s.stop for s in box])
     candidates = np.flatnonzero(np.all((points >= lo) & (points < hi), axis=1))
