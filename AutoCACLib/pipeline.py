@@ -120,13 +120,21 @@ def ccta_score(volume: Volume, labels: np.ndarray, settings: ScoringSettings,
     This is the pipeline's scoring stage alone: Recompute after an edit calls it with the
     calibration factor of the run, so that unedited segments score exactly as in the run.
     """
-    from .ccta_scoring import CctaScoringParams, ccta_scoring_settings
     from .scoring import calcium_labels_from_labelmap
 
-    effective = ccta_scoring_settings(calibration_factor, scoring_params or CctaScoringParams(),
-                                      kvp=volume.kvp or 100.0, base=settings)
+    effective = ccta_settings(volume, settings, calibration_factor, scoring_params)
     return score_calcium(volume.array, calcium_labels_from_labelmap(labels), volume.spacing,
                          effective, kvp=volume.kvp)
+
+
+def ccta_settings(volume: Volume, settings: ScoringSettings, calibration_factor: float,
+                  scoring_params=None) -> ScoringSettings:
+    """The scoring conventions with the calibration-adapted thresholds of a CCTA (an unknown
+    tube voltage taken as 100 kVp)."""
+    from .ccta_scoring import CctaScoringParams, ccta_scoring_settings
+
+    return ccta_scoring_settings(calibration_factor, scoring_params or CctaScoringParams(),
+                                 kvp=volume.kvp or 100.0, base=settings)
 
 
 @dataclass
@@ -302,8 +310,12 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     detection = detect_calcium(image, volume.spacing, labels, centerlines, cal.value,
                                aorta_mask=aorta, params=models["calcium"])
     warnings += detection.warnings
+    # The Calcium segments hold what the score counts: detected voxels below the scoring
+    # threshold (partial volume at a plaque's rim, bright lumen) stay in their vessel.
+    counted = ccta_settings(volume, settings, cal.value, models["scoring"]).for_kvp(
+        volume.kvp)[0].threshold_hu
     for i, vessel in enumerate(VESSELS, start=1):
-        labels[detection.labels == i] = CALCIUM_LABEL[vessel]
+        labels[(detection.labels == i) & (image >= counted)] = CALCIUM_LABEL[vessel]
     lap("calcium")
 
     stage("scoring")

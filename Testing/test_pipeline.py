@@ -15,7 +15,7 @@ from AutoCACLib.cli import main
 from AutoCACLib.errors import Cancelled
 from AutoCACLib.phantom import make_case
 from AutoCACLib.pipeline import load_pipeline_models, run_pipeline
-from AutoCACLib.segments import SEGMENT_BY_LABEL, VESSELS
+from AutoCACLib.segments import CALCIUM_LABEL, SEGMENT_BY_LABEL, VESSELS
 from AutoCACLib.volume import Volume, write_volume
 
 
@@ -54,6 +54,15 @@ def test_run_gives_the_scores_contract_and_a_label_map(small_case, models):
         assert (result.labels == 1).any()   # aorta
     else:
         assert doc["failure_reason"]
+
+
+def test_calcium_segments_hold_what_the_score_counts(models):
+    case = make_case(5, "small", kvp=100, burden=">400")
+    result = run_pipeline(case.ccta, device="cpu", models=models)
+    assert result.status == "ok", result.scores["failure_reason"]
+    calcium = np.isin(result.labels, list(CALCIUM_LABEL.values()))
+    assert calcium.any() and result.scores["agatston"]["total"] > 0
+    assert case.ccta.array[calcium].min() >= result.scores["settings"]["threshold_hu"]
 
 
 def test_non_contrast_scan_fails_with_a_reason(small_case, models):
