@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium
+from .structuring import bounding_box
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,10 @@ DEFAULT_GRID = {
 
 def _crop(case: CctaCase) -> CctaCase:
     """The case restricted to the bounding box of its calcium (scores are unchanged)."""
-    found = np.nonzero(case.calcium_labels)
-    if not found[0].size:
+    found = case.calcium_labels > 0
+    if not found.any():
         return case
-    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in found)
+    box = bounding_box(found)
     return dataclasses.replace(case, image=case.image[box],
                                calcium_labels=case.calcium_labels[box])
 

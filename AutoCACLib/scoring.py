@@ -22,6 +22,7 @@ from scipy import ndimage
 from .categories import cac_drs, risk_category
 from .errors import InputError
 from .segments import CALCIUM_LABEL, VESSELS
+from .structuring import bounding_box
 
 #: Approximate attenuation of hydroxyapatite relative to 120 kVp. With ``kvp_specific``,
 #: the threshold and weight bins are multiplied by this factor (giving about 150 HU at
@@ -255,10 +256,10 @@ def score_calcium(image_hu: np.ndarray, calcium_labels: np.ndarray, spacing,
                          f"image {image_hu.shape}")
     spacing = tuple(float(s) for s in spacing)
     lesions = []
-    present = np.nonzero(calcium_labels)
-    if present[0].size:
+    present = calcium_labels > 0
+    if present.any():
         # Work inside the bounding box of the calcium regions: fast on clinical volumes.
-        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in present)
+        box = bounding_box(present)
         sub_img, sub_lab = image_hu[box], calcium_labels[box]
         for i, vessel in enumerate(VESSELS, start=1):
             lesions += _score_vessel(sub_img, sub_lab == i, vessel, spacing, effective,
