@@ -6,9 +6,12 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from AutoCACLib.phantom import case_seed, make_case, write_case, write_cohort
 from AutoCACLib.phantom import case as case_module
+from AutoCACLib.phantom.anatomy import build_anatomy
+from AutoCACLib.phantom.layers import AORTA
 from AutoCACLib.scoring import score_calcium
 from AutoCACLib.segmentation_io import read_segment_masks
 from AutoCACLib.segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL
@@ -81,6 +84,22 @@ def test_coronaries_run_in_fat_outside_blood_pools(typical, zero, heavy):
         lumen = np.isin(case.ccta_labels, list(VESSEL_LABEL.values()))
         pools = case.extra_masks["cardiac_blood_pool"] | case.extra_masks["pulmonary_artery"]
         assert pools.any() and not (lumen & ndi.binary_dilation(pools)).any()
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_coronaries_never_run_through_the_aorta(seed):
+    # Past its ostium a coronary artery runs outside the aortic wall: inside the aorta it
+    # would be invisible in the CCTA (the circumflex once crossed the descending aorta behind
+    # the heart in most cases), yet part of the truth and its calcium part of the reference.
+    anatomy = build_anatomy(np.random.default_rng(seed), 100)
+    aorta = next(layer for layer in anatomy.layers if layer.tag == AORTA).shapes[0]
+    wall = next(layer for layer in anatomy.layers if layer.tag == "aortic wall").shapes[0]
+    tree = cKDTree(aorta.points)
+    for artery in anatomy.arteries:
+        gap, nearest = tree.query(artery.tube.points)
+        clearance = gap - wall.radii[nearest] - artery.tube.radii
+        past_ostium = artery.tube.arc_length > (15.0 if artery.name in ("LM", "RCA") else 0.0)
+        assert clearance[past_ostium].min() > 0, artery.name
 
 
 def test_calcium_free_case_scores_zero(zero):

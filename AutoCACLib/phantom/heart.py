@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .layers import AORTA, BLOOD_POOL, MYOCARDIUM, PULMONARY_ARTERY, Layer
 from .materials import Material
@@ -37,6 +38,33 @@ def _ray_exit(ellipsoid: Ellipsoid, start: np.ndarray, direction: np.ndarray) ->
     a, b, c = qd @ qd, 2 * q0 @ qd, q0 @ q0 - 1
     disc = b * b - 4 * a * c
     return max(0.0, (-b + np.sqrt(disc)) / (2 * a)) if disc >= 0 else 0.0
+
+
+#: Room between the descending aorta's wall and the epicardium, mm: the atrioventricular
+#: groove with its coronary artery, vein and fat lies in between.
+DESCENDING_CLEARANCE_MM = 7.0
+#: Direction in which the descending aorta gives way to the heart: back and to the left, along
+#: the vertebral body's side.
+_GIVE_WAY = np.array([0.6, 0.8, 0.0])
+
+
+def _descending_shift(control: np.ndarray, radii: np.ndarray, wall: float,
+                      frame: "HeartFrame", step_mm: float = 1.0,
+                      limit_mm: float = 45.0) -> np.ndarray:
+    """Displacement (LPS, mm) of the arch's end and the descending aorta that keeps their wall
+    ``DESCENDING_CLEARANCE_MM`` off the ventricles' epicardium, where the coronary arteries
+    run: the circumflex artery in the posterior atrioventricular groove never runs through
+    the aorta. Zero where the drawn aorta is already clear."""
+    epicardium = np.array([frame.surface(u, theta)
+                           for u in np.arange(frame.u_base - 4.0, 0.95 * frame.long_semi, 3.0)
+                           for theta in np.arange(0.0, 360.0, 5.0)])
+    tube = Tube.through(control, radii, step_mm=2.0)
+    needed = tube.radii + wall + DESCENDING_CLEARANCE_MM
+    tree = cKDTree(epicardium)
+    shift = 0.0
+    while shift < limit_mm and np.any(tree.query(tube.points + shift * _GIVE_WAY)[0] < needed):
+        shift += step_mm
+    return shift * _GIVE_WAY
 
 
 @dataclass
@@ -246,9 +274,10 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
                       desc_r, 0.95 * desc_r])
     # Mixing: the bolus brightness varies a little along the aorta.
     aortic_scale = 1.0 + rng.uniform(-0.06, 0.06) * np.linspace(0, 1, len(control))
+    wall = rng.uniform(1.5, 2.5)
+    control[5:] += _descending_shift(control[5:], radii[5:], wall, frame)
     aorta = Tube.through(control, radii, step_mm=2.0, iodine_scale=aortic_scale)
     aorta.chunk_mm = 10.0
-    wall = rng.uniform(1.5, 2.5)
     heart.aorta, heart.aortic_wall_mm = aorta, wall
     heart.root_center, heart.root_axis, heart.sinus_radius = root, root_axis, sinus_r
 
