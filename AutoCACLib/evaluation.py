@@ -65,6 +65,9 @@ def evaluate_case(folder: Path, models, device: str) -> dict:
            "failure_reason": result.scores["failure_reason"] or "",
            "seconds": result.scores["timings_s"]["total"],
            "calibration_factor": result.scores["calibration_factor"]}
+    qc = result.details.get("postprocess_qc")   # the tree's QC facts, where it got that far
+    row["n_ostia"] = qc.n_major_ostia if qc else ""
+    row["removed_fraction"] = round(qc.removed_fraction, 3) if qc else ""
     for g, value in _group_scores(ref).items():
         row[f"ref_{g}"] = value
     test = result.scores["agatston"] or {v: 0.0 for v in (*VESSELS, "total")}

@@ -287,6 +287,9 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     if tree.qc.tree_missing:
         return _failed(volume, "coronary tree missing: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)
+    if tree.qc.unusable:
+        return _failed(volume, "coronary tree not usable: " + " ".join(tree.qc.findings()),
+                       timings, warnings, inputs, labels, details)
     if tree.qc.fragmented:
         warnings.append("coronary tree fragmented: " + " ".join(tree.qc.findings()))
     elif tree.qc.missing:

@@ -148,6 +148,16 @@ class PostprocessParams:
         LAD, LCx or RCA shorter than this counts as missing (LM only when absent).
     max_removed_fraction : float
         Above this fraction of discarded coronary voxels, the QC calls the tree fragmented.
+    unusable_removed_fraction : float
+        Above this fraction, the QC calls the tree unusable: most of what the network called
+        coronary is not a connected tree, so what remains cannot be trusted either.
+    max_ostia : int
+        More major ostia than this and the QC calls the tree unusable: a coronary tree has
+        two ostia, rarely three or four (separate conus branch, LAD and LCx); many mean the
+        network followed the aortic wall or other vessels.
+    min_ostium_mm3 : float
+        A contact with the aorta of at least this volume is a major ostium (a vessel of 1 mm
+        radius crossing the ostium margin gives about 6 mm^3); smaller contacts are specks.
     """
 
     ostium_margin_mm: float = 2.0
@@ -171,6 +181,9 @@ class PostprocessParams:
     band_mm: float = 2.0
     min_vessel_length_mm: float = 10.0
     max_removed_fraction: float = 0.3
+    unusable_removed_fraction: float = 0.5
+    max_ostia: int = 4
+    min_ostium_mm3: float = 5.0
 
 
 @dataclass
@@ -181,6 +194,8 @@ class PostprocessQC:
     ----------
     n_ostia : int
         Separate places where the tree touches the aorta.
+    n_major_ostia : int
+        Those with a contact of at least ``min_ostium_mm3`` (see :class:`PostprocessParams`).
     left_ostium, right_ostium : bool
         Whether a left (LM/LAD/LCx) and a right (RCA) tree start at the aorta.
     n_fragments_before, n_fragments_after : int
@@ -196,8 +211,9 @@ class PostprocessQC:
         Tree length per vessel (``LM``, ``LAD``, ``LCx``, ``RCA``), side branches included.
     missing : tuple of str
         Vessels not found (LAD, LCx, RCA shorter than ``min_vessel_length_mm``; LM absent).
-    max_removed_fraction : float
-        The threshold of :meth:`findings` on ``removed_fraction``.
+    max_removed_fraction, unusable_removed_fraction, max_ostia
+        The thresholds of :attr:`fragmented` and :attr:`unusable` (see
+        :class:`PostprocessParams`).
     """
 
     n_ostia: int
@@ -210,7 +226,10 @@ class PostprocessQC:
     removed_fraction: float
     length_mm: dict[str, float]
     missing: tuple[str, ...]
+    n_major_ostia: int = 0
     max_removed_fraction: float = PostprocessParams.max_removed_fraction
+    unusable_removed_fraction: float = PostprocessParams.unusable_removed_fraction
+    max_ostia: int = PostprocessParams.max_ostia
 
     @property
     def tree_missing(self) -> bool:
@@ -222,12 +241,27 @@ class PostprocessQC:
         """True when more than ``max_removed_fraction`` of the network's mask was discarded."""
         return self.removed_fraction > self.max_removed_fraction
 
+    @property
+    def too_many_ostia(self) -> bool:
+        """True when the tree has more than ``max_ostia`` major ostia."""
+        return self.n_major_ostia > self.max_ostia
+
+    @property
+    def unusable(self) -> bool:
+        """True when the tree is not a plausible coronary tree: most of the network's mask
+        was discarded, or it touches the aorta in too many places."""
+        return self.too_many_ostia or self.removed_fraction > self.unusable_removed_fraction
+
     def findings(self) -> list[str]:
         """The problems found, in words a radiologist understands (empty when none)."""
         out = []
         if self.n_ostia == 0:
             out.append("No coronary ostium found: the segmented coronary arteries do not "
                        "reach the aorta.")
+        if self.too_many_ostia:
+            out.append(f"The segmented arteries join the aorta in {self.n_major_ostia} separate "
+                       f"places (a coronary tree starts at 2, rarely up to {self.max_ostia}): "
+                       "the segmentation has likely followed the aortic wall or other vessels.")
         for vessel in self.missing:
             out.append(f"The {_FULL_NAMES[vessel]} ({vessel}) was not found.")
         if self.fragmented:
@@ -337,6 +371,7 @@ class _TreeFacts:
     """What labelling found: ostia, sides, pieces and length per vessel index."""
 
     n_ostia: int = 0
+    n_major_ostia: int = 0
     left_ostium: bool = False
     right_ostium: bool = False
     n_fragments: int = 0
@@ -349,11 +384,13 @@ def _qc(params, facts, n_before, n_reconnected, removed, removed_fraction) -> Po
     missing = tuple(v for v in VESSELS if length_mm[v] <= 0.0
                     or (v != "LM" and length_mm[v] < params.min_vessel_length_mm))
     return PostprocessQC(
-        n_ostia=facts.n_ostia, left_ostium=facts.left_ostium, right_ostium=facts.right_ostium,
+        n_ostia=facts.n_ostia, n_major_ostia=facts.n_major_ostia,
+        left_ostium=facts.left_ostium, right_ostium=facts.right_ostium,
         n_fragments_before=n_before, n_fragments_after=facts.n_fragments,
         n_reconnected=n_reconnected, removed_pieces=dict(removed),
         removed_fraction=float(removed_fraction), length_mm=length_mm, missing=missing,
-        max_removed_fraction=params.max_removed_fraction)
+        max_removed_fraction=params.max_removed_fraction,
+        unusable_removed_fraction=params.unusable_removed_fraction, max_ostia=params.max_ostia)
 
 
 # --- geometry helpers ---------------------------------------------------------------------
@@ -851,6 +888,8 @@ def _label_tree(tree, net, aorta, spacing, params) -> tuple[np.ndarray, _TreeFac
     pieces = connected_components(graph[reached][:, reached], directed=False)[0]
     return labels, _TreeFacts(
         n_ostia=n_ostia,
+        n_major_ostia=int(np.count_nonzero(np.bincount(cluster, minlength=n_ostia)
+                                           * float(np.prod(spacing)) >= params.min_ostium_mm3)),
         left_ostium=bool(len(left_nodes)),
         right_ostium=bool(np.any(node_label == RCA)),
         n_fragments=int(pieces),

@@ -122,11 +122,13 @@ def _fmt(value, nd=1):
 
 
 def _score_table(ax, scores: dict) -> None:
-    status = scores.get("status", "ok")
-    lines = []
-    if status != "ok":
-        ax.text(0, 1, f"FAILED: {scores.get('failure_reason')}", fontsize=13, color="darkred",
-                va="top", fontweight="bold", wrap=True)
+    if scores.get("status", "ok") != "ok":
+        y = 1.0
+        for part in textwrap.wrap(f"FAILED: {scores.get('failure_reason')}", 58):
+            ax.text(0, y, part, fontsize=12, color="darkred", va="top", fontweight="bold")
+            y -= 0.055
+        _warnings(ax, scores.get("warnings", []), y - 0.03)
+        _footer(ax)
         return
     mass = scores.get("mass_mg")
     rows = [[v, _fmt(scores["agatston"][v]), _fmt(scores["volume_mm3"][v]),
@@ -141,7 +143,7 @@ def _score_table(ax, scores: dict) -> None:
     for (r, _), cell in table.get_celld().items():
         if r == 0 or r == len(rows):
             cell.set_text_props(fontweight="bold")
-    lines.append(f"Risk category: {scores['category']}    CAC-DRS: {scores['cac_drs']}")
+    lines = [f"Risk category: {scores['category']}    CAC-DRS: {scores['cac_drs']}"]
     if scores.get("calibration_factor") is not None:
         lines.append(f"Calibration factor (coronary lumen): {scores['calibration_factor']:.0f} HU")
     kvp = scores.get("input", {}).get("kvp")
@@ -151,10 +153,26 @@ def _score_table(ax, scores: dict) -> None:
     for line in lines:
         ax.text(0, y, line, fontsize=11, va="top", fontweight="bold" if "Risk" in line else None)
         y -= 0.07
-    for w in scores.get("warnings", [])[:5]:
-        for k, part in enumerate(textwrap.wrap(w, 80)):
+    _warnings(ax, scores.get("warnings", []), y)
+    _footer(ax)
+
+
+def _warnings(ax, warnings: list[str], y: float) -> None:
+    """The warnings, wrapped, from ``y`` down; those that do not fit above the footer are
+    counted instead (all of them are in scores.json)."""
+    for i, w in enumerate(warnings):
+        parts = textwrap.wrap(w, 80)
+        more = i < len(warnings) - 1   # keep a line for the count
+        if y - 0.05 * (len(parts) + more) < 0.04:
+            ax.text(0, y, f"(+{len(warnings) - i} more warnings in scores.json)", fontsize=9,
+                    va="top", color="darkorange")
+            return
+        for k, part in enumerate(parts):
             ax.text(0, y, ("⚠ " if k == 0 else "   ") + part, fontsize=9, va="top",
                     color="darkorange")
             y -= 0.05
+
+
+def _footer(ax) -> None:
     ax.text(0, 0.0, "Research software, not a medical device. Method: Lee et al., "
             "J Cardiovasc Dev Dis 2023;10:143.", fontsize=8, color="gray", va="bottom")

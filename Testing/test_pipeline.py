@@ -82,6 +82,27 @@ def test_image_without_aorta_fails_with_a_reason(models):
     assert result.scores["failure_reason"]
 
 
+def test_implausible_tree_fails_instead_of_giving_a_number(small_case, models, monkeypatch):
+    # As on a real chest CTA where the network followed the calcified aortic wall: the tree
+    # touches the aorta in many places. The case fails, and the user still gets the labels.
+    import dataclasses
+
+    import AutoCACLib.postprocess as postprocess
+
+    real = postprocess.postprocess_coronaries
+
+    def many_ostia(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, qc=dataclasses.replace(result.qc, n_major_ostia=9))
+
+    monkeypatch.setattr(postprocess, "postprocess_coronaries", many_ostia)
+    result = run_pipeline(small_case.ccta, device="cpu", models=models)
+    assert result.status == "failed" and result.scores["agatston"] is None
+    assert result.scores["failure_reason"].startswith("coronary tree not usable")
+    assert "join the aorta in 9 separate places" in result.scores["failure_reason"]
+    assert (result.labels > 0).any()
+
+
 def test_cancel_stops_before_writing_anything(small_case, models):
     with pytest.raises(Cancelled):
         run_pipeline(small_case.ccta, device="cpu", models=models, cancel=lambda: True)

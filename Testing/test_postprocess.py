@@ -101,7 +101,7 @@ def test_intact_tree_is_kept_and_measured(scene):
     # Where LAD and LCx start inside the LM's end, the border between them is arbitrary.
     away = ~scene.near_bifurcation
     assert np.array_equal(result.labels[away], scene.truth[away])
-    assert (qc.n_ostia, qc.left_ostium, qc.right_ostium) == (2, True, True)
+    assert (qc.n_ostia, qc.n_major_ostia, qc.left_ostium, qc.right_ostium) == (2, 2, True, True)
     assert qc.n_fragments_before == qc.n_fragments_after == 2
     assert qc.removed_fraction == 0.0 and qc.removed_pieces == {} and qc.missing == ()
     assert qc.findings() == [] and not qc.tree_missing
@@ -361,3 +361,28 @@ def test_generator_case_with_synthetic_damage():
     assert np.mean(result.labels[flipped] == RCA) > 0.95
     for vessel in (LM, LAD, LCX, RCA):
         assert np.mean(result.labels[truth == vessel] == vessel) > 0.9
+
+
+def test_tree_touching_the_aorta_in_many_places_is_unusable(scene):
+    # Short vessels leaving the aorta all round its wall, as when a network follows the
+    # calcified aortic wall or the great vessels: no coronary tree has that many ostia.
+    for z, degrees in [(40, 90), (40, 270), (48, 0), (48, 180)]:
+        angle = np.radians(degrees)
+        direction = np.array([0.0, np.sin(angle), np.cos(angle)])
+        start = np.array([z, *AORTA["center_yx"]]) + 6.5 * direction
+        scene.add_tube([start, start + 12.0 * direction], 1.5, LAD, ARTERY_HU)
+    qc = scene.run().qc
+    assert qc.n_major_ostia > qc.max_ostia == 4
+    assert qc.too_many_ostia and qc.unusable and not qc.tree_missing
+    assert any(f"join the aorta in {qc.n_major_ostia} separate places" in f for f in qc.findings())
+
+
+def test_intact_and_mostly_discarded_trees(scene):
+    assert not scene.run().qc.unusable
+    # Detached round pieces everywhere outside the tree: most of the mask is discarded.
+    rng = np.random.default_rng(1)
+    for center in rng.uniform((5, 5, 5), (25, 65, 65), size=(40, 3)):
+        scene.add_tube([center, center + 0.1], 2.5, LAD, ARTERY_HU)
+    qc = scene.run().qc
+    assert qc.removed_fraction > qc.unusable_removed_fraction == 0.5
+    assert qc.fragmented and qc.unusable

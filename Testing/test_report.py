@@ -38,3 +38,23 @@ def test_report_of_a_failed_case(tmp_path):
     doc = scores_document(None, status="failed", failure_reason="no aorta found")
     render_report(volume, labels, doc, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_many_warnings_stay_above_the_footer():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from AutoCACLib.report import _warnings
+
+    fig, ax = plt.subplots()
+    warnings = [f"warning {i}: " + "a long explanation of what went wrong " * 3 for i in range(12)]
+    _warnings(ax, warnings, 0.44)
+    texts = ax.texts
+    assert min(t.get_position()[1] for t in texts) >= 0.04
+    assert texts[-1].get_text().startswith("(+") and "more warnings in scores.json" in \
+        texts[-1].get_text()
+    shown = sum(t.get_text().startswith("⚠") for t in texts)
+    assert f"(+{12 - shown} more" in texts[-1].get_text()
+    plt.close(fig)
