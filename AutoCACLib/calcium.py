@@ -31,10 +31,13 @@ vein) and does not count; where a calcification touches such a structure, the me
 is first cut at ``calibrated_ratio`` x the calibration factor and at ``lumen_ratio`` x the
 neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta does not count
 (aortic wall and root calcium, and the bright aortic lumen at the ostia), except ostial
-plaque (``count_ostial_calcium``): a calcification that comes closer to the coronary lumen
-than to the aorta wraps the coronary where it leaves the aorta, and its voxels outside the
-aorta mask that are brighter than aortic blood can be (its median plus ``noise_factor``
-noise standard deviations) count.
+plaque (``count_ostial_calcium``): a calcification within ``ostium_radius_mm`` of a major
+ostium (where the coronary lumen joins the aorta, see
+:func:`~AutoCACLib.postprocess.ostium_centers`) that comes closer to the coronary lumen than
+to the aorta wraps the coronary where it leaves the aorta, and its voxels outside the aorta
+mask that are brighter than aortic blood can be (its median plus ``noise_factor`` noise
+standard deviations) count. Elsewhere along the aorta (a vessel passing close to the aortic
+root) calcium next to both stays excluded.
 What was removed is reported as a warning. Candidate regions smaller than ``min_volume_mm3``
 are dropped.
 """
@@ -49,6 +52,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .centerlines import Centerline
+from .postprocess import ostium_centers
 from .segments import VESSEL_LABEL, VESSELS
 from .structuring import ball, bounding_box, distance_mm
 
@@ -97,8 +101,11 @@ class CalciumParams:
         Calcium within this distance of the aorta mask is excluded ...
     count_ostial_calcium : bool
         ... except ostial plaque: a calcification that comes closer to the coronary lumen
-        than to the aorta counts outside the aorta mask where it is brighter than aortic
-        blood (its median plus ``noise_factor`` noise standard deviations).
+        than to the aorta within ``ostium_radius_mm`` of a major ostium counts outside the
+        aorta mask where it is brighter than aortic blood (its median plus
+        ``noise_factor`` noise standard deviations).
+    ostium_radius_mm : float
+        How far from the centre of an ostium's contact with the aorta ostial plaque starts.
     """
 
     lumen_ratio: float = 1.25
@@ -116,6 +123,7 @@ class CalciumParams:
     min_volume_mm3: float = 0.5
     aorta_margin_mm: float = 2.0
     count_ostial_calcium: bool = True
+    ostium_radius_mm: float = 6.0
 
 
 @dataclass
@@ -257,10 +265,11 @@ def _ostial(found, gap, inside, candidate, lumen, img, aorta, noise_sd, sp,
     """Which ``found`` voxels (at ``gap`` mm from the aorta's surface) are ostial plaque.
 
     A calcification (26-connected region of ``candidate``) is ostial when one of its voxels
-    near the aorta lies closer to the coronary lumen than to the aorta; its voxels outside
-    the aorta mask that are brighter (smoothed image ``img``) than aortic blood can be
-    count: above the aorta's median by ``noise_factor`` noise standard deviations
-    (``noise_sd``; without it, above ``lumen_ratio`` x the median).
+    near the aorta lies within ``ostium_radius_mm`` of a major ostium and closer to the
+    coronary lumen than to the aorta. Its voxels outside the aorta mask that are brighter
+    (smoothed image ``img``) than aortic blood can be count: above the aorta's median by
+    ``noise_factor`` noise standard deviations (``noise_sd``; without it, above
+    ``lumen_ratio`` x the median).
     """
     out = np.zeros(len(found), dtype=bool)
     zone = ~inside & (gap <= params.aorta_margin_mm)
@@ -268,13 +277,21 @@ def _ostial(found, gap, inside, candidate, lumen, img, aorta, noise_sd, sp,
     blood = blood * params.lumen_ratio if noise_sd is None else \
         blood + params.noise_factor * noise_sd
     zone[zone] = img[tuple(found[zone].T)] > blood
+    bright = zone.copy()
     if not zone.any() or not lumen.any():
+        return out
+    ostia = ostium_centers(lumen, aorta, sp)
+    if not len(ostia):
+        return out
+    at_ostium, _ = cKDTree(ostia * sp).query(found[zone] * sp)
+    zone[zone] = at_ostium <= params.ostium_radius_mm
+    if not zone.any():
         return out
     to_lumen, _ = cKDTree(np.argwhere(lumen) * sp).query(found[zone] * sp)
     seeds = np.flatnonzero(zone)[to_lumen < gap[zone]]
     if len(seeds):
         parts = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))[0][tuple(found.T)]
-        out = zone & np.isin(parts, parts[seeds])
+        out = bright & np.isin(parts, parts[seeds])
     return out
 
 
