@@ -29,17 +29,10 @@ A calcification must reach within ``wall_margin_mm`` of the vessel mask and may 
 region that goes on past that is a neighbouring structure (pulmonary artery, cardiac chamber,
 vein) and does not count; where a calcification touches such a structure, the merged region
 is first cut at ``calibrated_ratio`` x the calibration factor and at ``lumen_ratio`` x the
-neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta does not count
-(aortic wall and root calcium, and the bright aortic lumen at the ostia), except ostial
-plaque (``count_ostial_calcium``): a calcification within ``ostium_radius_mm`` of a major
-ostium (where the coronary lumen joins the aorta, see
-:func:`~AutoCACLib.postprocess.ostium_centers`) that comes closer to the coronary lumen than
-to the aorta wraps the coronary where it leaves the aorta, and its voxels outside the aorta
-mask that are brighter than aortic blood can be (its median plus ``noise_factor`` noise
-standard deviations) count. Elsewhere along the aorta (a vessel passing close to the aortic
-root) calcium next to both stays excluded.
-What was removed is reported as a warning. Candidate regions smaller than ``min_volume_mm3``
-are dropped.
+neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta never counts
+(aortic wall and root calcium, and the bright aortic lumen at the ostia); what was removed
+that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
+dropped.
 """
 
 from __future__ import annotations
@@ -52,7 +45,6 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .centerlines import Centerline
-from .postprocess import ostium_centers
 from .segments import VESSEL_LABEL, VESSELS
 from .structuring import ball, bounding_box, distance_mm
 
@@ -98,14 +90,7 @@ class CalciumParams:
     min_volume_mm3 : float
         Connected calcium regions (26-connected) smaller than this are dropped.
     aorta_margin_mm : float
-        Calcium within this distance of the aorta mask is excluded ...
-    count_ostial_calcium : bool
-        ... except ostial plaque: a calcification that comes closer to the coronary lumen
-        than to the aorta within ``ostium_radius_mm`` of a major ostium counts outside the
-        aorta mask where it is brighter than aortic blood (its median plus
-        ``noise_factor`` noise standard deviations).
-    ostium_radius_mm : float
-        How far from the centre of an ostium's contact with the aorta ostial plaque starts.
+        Calcium within this distance of the aorta mask is excluded.
     """
 
     lumen_ratio: float = 1.25
@@ -122,8 +107,6 @@ class CalciumParams:
     min_threshold_cf_ratio: float = 0.75
     min_volume_mm3: float = 0.5
     aorta_margin_mm: float = 2.0
-    count_ostial_calcium: bool = True
-    ostium_radius_mm: float = 6.0
 
 
 @dataclass
@@ -260,41 +243,6 @@ def _region_medians(values: np.ndarray, labels: np.ndarray, index: np.ndarray) -
     return ((v[start + (n - 1) // 2] + v[start + n // 2]) / 2).astype(np.float64)
 
 
-def _ostial(found, gap, inside, candidate, lumen, img, aorta, noise_sd, sp,
-            params) -> np.ndarray:
-    """Which ``found`` voxels (at ``gap`` mm from the aorta's surface) are ostial plaque.
-
-    A calcification (26-connected region of ``candidate``) is ostial when one of its voxels
-    near the aorta lies within ``ostium_radius_mm`` of a major ostium and closer to the
-    coronary lumen than to the aorta. Its voxels outside the aorta mask that are brighter
-    (smoothed image ``img``) than aortic blood can be count: above the aorta's median by
-    ``noise_factor`` noise standard deviations (``noise_sd``; without it, above
-    ``lumen_ratio`` x the median).
-    """
-    out = np.zeros(len(found), dtype=bool)
-    zone = ~inside & (gap <= params.aorta_margin_mm)
-    blood = float(np.median(img[aorta]))
-    blood = blood * params.lumen_ratio if noise_sd is None else \
-        blood + params.noise_factor * noise_sd
-    zone[zone] = img[tuple(found[zone].T)] > blood
-    bright = zone.copy()
-    if not zone.any() or not lumen.any():
-        return out
-    ostia = ostium_centers(lumen, aorta, sp)
-    if not len(ostia):
-        return out
-    at_ostium, _ = cKDTree(ostia * sp).query(found[zone] * sp)
-    zone[zone] = at_ostium <= params.ostium_radius_mm
-    if not zone.any():
-        return out
-    to_lumen, _ = cKDTree(np.argwhere(lumen) * sp).query(found[zone] * sp)
-    seeds = np.flatnonzero(zone)[to_lumen < gap[zone]]
-    if len(seeds):
-        parts = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))[0][tuple(found.T)]
-        out = bright & np.isin(parts, parts[seeds])
-    return out
-
-
 def _threshold_free(image, lumen, aorta, sp, params) -> dict:
     """What :func:`detect_calcium` computes in its box whatever the thresholds: the smoothed
     image, the aortic noise and the voxels near the lumen (within the growth margin and a
@@ -420,11 +368,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
         found = np.argwhere(candidate)
         if len(surface) and len(found):
             gap, _ = cKDTree(surface * sp).query(found * sp)
-            inside = aorta[tuple(found.T)]
-            near = (gap <= params.aorta_margin_mm) | inside
-            if near.any() and params.count_ostial_calcium:
-                near &= ~_ostial(found, gap, inside, candidate, lum, img, aorta, noise_sd,
-                                 sp, params)
+            near = (gap <= params.aorta_margin_mm) | aorta[tuple(found.T)]
             if near.any():
                 candidate[tuple(found[near].T)] = 0
                 detection.excluded_near_aorta_mm3 = float(near.sum()) * voxel_mm3

@@ -820,26 +820,6 @@ def _voxel_edges(coords: np.ndarray, shape, spacing: np.ndarray):
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(lengths)
 
 
-def ostium_centers(lumen: np.ndarray, aorta: np.ndarray, spacing,
-                   params: PostprocessParams = PostprocessParams()) -> np.ndarray:
-    """Centres of the major ostia, in voxel coordinates (k, 3).
-
-    An ostium is where the coronary ``lumen`` comes within ``ostium_margin_mm`` of the
-    ``aorta`` (contacts closer than ``ostium_merge_mm`` join); a major one covers at least
-    ``min_ostium_mm3`` (the QC's count, :attr:`PostprocessQC.n_major_ostia`).
-    """
-    spacing = np.asarray(spacing, dtype=float)
-    coords = np.argwhere(np.asarray(lumen, dtype=bool) & ~aorta)
-    contact = _near(coords, aorta, params.ostium_margin_mm, spacing)
-    if not contact.any():
-        return np.zeros((0, 3))
-    points = coords[contact]
-    cluster, n = _ostium_clusters(points, spacing, params.ostium_merge_mm)
-    major = np.bincount(cluster, minlength=n) * float(np.prod(spacing)) >= params.min_ostium_mm3
-    return np.array([points[cluster == k].mean(axis=0) for k in np.flatnonzero(major)]
-                    ).reshape(-1, 3)
-
-
 def _ostium_clusters(points: np.ndarray, spacing: np.ndarray, merge_mm: float):
     """Group aortic contact voxels into ostia: contacts closer than ``merge_mm`` join."""
     element = ball(merge_mm / 2.0, spacing)
