@@ -66,7 +66,7 @@ def evaluate_case(folder: Path, models, device: str) -> dict:
            "seconds": result.scores["timings_s"]["total"],
            "calibration_factor": result.scores["calibration_factor"]}
     qc = result.details.get("postprocess_qc")   # the tree's QC facts, where it got that far
-    row["n_ostia"] = qc.n_major_ostia if qc else ""
+    row["n_major_ostia"] = qc.n_major_ostia if qc else ""
     row["removed_fraction"] = round(qc.removed_fraction, 3) if qc else ""
     for g, value in _group_scores(ref).items():
         row[f"ref_{g}"] = value

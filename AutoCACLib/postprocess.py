@@ -211,9 +211,9 @@ class PostprocessQC:
         Tree length per vessel (``LM``, ``LAD``, ``LCx``, ``RCA``), side branches included.
     missing : tuple of str
         Vessels not found (LAD, LCx, RCA shorter than ``min_vessel_length_mm``; LM absent).
-    max_removed_fraction, unusable_removed_fraction, max_ostia
-        The thresholds of :attr:`fragmented` and :attr:`unusable` (see
-        :class:`PostprocessParams`).
+    params : PostprocessParams
+        The parameters the tree was post-processed with; their thresholds decide
+        :attr:`fragmented` and :attr:`unusable`.
     """
 
     n_ostia: int
@@ -227,9 +227,7 @@ class PostprocessQC:
     length_mm: dict[str, float]
     missing: tuple[str, ...]
     n_major_ostia: int = 0
-    max_removed_fraction: float = PostprocessParams.max_removed_fraction
-    unusable_removed_fraction: float = PostprocessParams.unusable_removed_fraction
-    max_ostia: int = PostprocessParams.max_ostia
+    params: PostprocessParams = PostprocessParams()
 
     @property
     def tree_missing(self) -> bool:
@@ -239,18 +237,19 @@ class PostprocessQC:
     @property
     def fragmented(self) -> bool:
         """True when more than ``max_removed_fraction`` of the network's mask was discarded."""
-        return self.removed_fraction > self.max_removed_fraction
+        return self.removed_fraction > self.params.max_removed_fraction
 
     @property
     def too_many_ostia(self) -> bool:
         """True when the tree has more than ``max_ostia`` major ostia."""
-        return self.n_major_ostia > self.max_ostia
+        return self.n_major_ostia > self.params.max_ostia
 
     @property
     def unusable(self) -> bool:
         """True when the tree is not a plausible coronary tree: most of the network's mask
         was discarded, or it touches the aorta in too many places."""
-        return self.too_many_ostia or self.removed_fraction > self.unusable_removed_fraction
+        return (self.too_many_ostia
+                or self.removed_fraction > self.params.unusable_removed_fraction)
 
     def findings(self) -> list[str]:
         """The problems found, in words a radiologist understands (empty when none)."""
@@ -260,7 +259,7 @@ class PostprocessQC:
                        "reach the aorta.")
         if self.too_many_ostia:
             out.append(f"The segmented arteries join the aorta in {self.n_major_ostia} separate "
-                       f"places (a coronary tree starts at 2, rarely up to {self.max_ostia}): "
+                       f"places (a coronary tree starts at 2, rarely up to {self.params.max_ostia}): "
                        "the segmentation has likely followed the aortic wall or other vessels.")
         for vessel in self.missing:
             out.append(f"The {_FULL_NAMES[vessel]} ({vessel}) was not found.")
@@ -389,8 +388,7 @@ def _qc(params, facts, n_before, n_reconnected, removed, removed_fraction) -> Po
         n_fragments_before=n_before, n_fragments_after=facts.n_fragments,
         n_reconnected=n_reconnected, removed_pieces=dict(removed),
         removed_fraction=float(removed_fraction), length_mm=length_mm, missing=missing,
-        max_removed_fraction=params.max_removed_fraction,
-        unusable_removed_fraction=params.unusable_removed_fraction, max_ostia=params.max_ostia)
+        params=params)
 
 
 # --- geometry helpers ---------------------------------------------------------------------
@@ -886,10 +884,10 @@ def _label_tree(tree, net, aorta, spacing, params) -> tuple[np.ndarray, _TreeFac
         node_label[is_node], weights=_node_lengths(coords, node, dist, parent, spacing)[is_node],
         minlength=RCA + 1)
     pieces = connected_components(graph[reached][:, reached], directed=False)[0]
+    contact_mm3 = np.bincount(cluster, minlength=n_ostia) * float(np.prod(spacing))
     return labels, _TreeFacts(
         n_ostia=n_ostia,
-        n_major_ostia=int(np.count_nonzero(np.bincount(cluster, minlength=n_ostia)
-                                           * float(np.prod(spacing)) >= params.min_ostium_mm3)),
+        n_major_ostia=int(np.count_nonzero(contact_mm3 >= params.min_ostium_mm3)),
         left_ostium=bool(len(left_nodes)),
         right_ostium=bool(np.any(node_label == RCA)),
         n_fragments=int(pieces),

@@ -372,7 +372,7 @@ def test_tree_touching_the_aorta_in_many_places_is_unusable(scene):
         start = np.array([z, *AORTA["center_yx"]]) + 6.5 * direction
         scene.add_tube([start, start + 12.0 * direction], 1.5, LAD, ARTERY_HU)
     qc = scene.run().qc
-    assert qc.n_major_ostia > qc.max_ostia == 4
+    assert qc.n_major_ostia > qc.params.max_ostia == 4
     assert qc.too_many_ostia and qc.unusable and not qc.tree_missing
     assert any(f"join the aorta in {qc.n_major_ostia} separate places" in f for f in qc.findings())
 
@@ -384,5 +384,5 @@ def test_intact_and_mostly_discarded_trees(scene):
     for center in rng.uniform((5, 5, 5), (25, 65, 65), size=(40, 3)):
         scene.add_tube([center, center + 0.1], 2.5, LAD, ARTERY_HU)
     qc = scene.run().qc
-    assert qc.removed_fraction > qc.unusable_removed_fraction == 0.5
+    assert qc.removed_fraction > qc.params.unusable_removed_fraction == 0.5
     assert qc.fragmented and qc.unusable
