@@ -30,8 +30,11 @@ region that goes on past that is a neighbouring structure (pulmonary artery, car
 vein) and does not count; where a calcification touches such a structure, the merged region
 is first cut at ``calibrated_ratio`` x the calibration factor and at ``lumen_ratio`` x the
 neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta never counts
-(aortic wall and root calcium, and the bright aortic lumen at the ostia); what was removed
-that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
+(aortic wall and root calcium, and the bright aortic lumen at the ostia), nor does a
+calcification that touches that margin and stays within ``aorta_reach_mm`` of the aorta: it
+lies in the aortic wall (whose outer part the margin does not always cover, the aorta mask
+being uncertain by about a voxel), whereas an ostial plaque runs on into the vessel and keeps
+its part beyond the margin. What was removed that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
 dropped.
 """
 
@@ -91,6 +94,9 @@ class CalciumParams:
         Connected calcium regions (26-connected) smaller than this are dropped.
     aorta_margin_mm : float
         Calcium within this distance of the aorta mask is excluded.
+    aorta_reach_mm : float
+        A calcification that touches that margin and lies entirely within this distance of the
+        aorta mask is aortic-wall calcium and is excluded whole.
     """
 
     lumen_ratio: float = 1.25
@@ -107,6 +113,7 @@ class CalciumParams:
     min_threshold_cf_ratio: float = 0.75
     min_volume_mm3: float = 0.5
     aorta_margin_mm: float = 2.0
+    aorta_reach_mm: float = 4.0
 
 
 @dataclass
@@ -151,7 +158,8 @@ class CalciumDetection:
         :func:`AutoCACLib.scoring.score_calcium`).
     profiles : list of BranchProfile
     excluded_near_aorta_mm3 : float
-        Calcium-like volume removed because it touched the aorta's margin.
+        Calcium-like volume removed as aortic (within the aorta's margin, or in a
+        calcification that stays in the aortic wall).
     warnings : list of str
     """
 
@@ -368,14 +376,23 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
         found = np.argwhere(candidate)
         if len(surface) and len(found):
             gap, _ = cKDTree(surface * sp).query(found * sp)
-            near = (gap <= params.aorta_margin_mm) | aorta[tuple(found.T)]
+            gap[aorta[tuple(found.T)]] = 0.0
+            near = gap <= params.aorta_margin_mm
             if near.any():
+                # Whole calcifications that touch the margin but never leave the aortic wall.
+                parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
+                part = parts[tuple(found.T)]
+                reach = np.zeros(n + 1)
+                np.maximum.at(reach, part, gap)
+                touching = np.zeros(n + 1, dtype=bool)
+                touching[part[near]] = True
+                near |= touching[part] & (reach[part] <= params.aorta_reach_mm)
                 candidate[tuple(found[near].T)] = 0
                 detection.excluded_near_aorta_mm3 = float(near.sum()) * voxel_mm3
                 detection.warnings.append(
                     f"{detection.excluded_near_aorta_mm3:.1f} mm^3 of calcium-like voxels "
-                    f"within {params.aorta_margin_mm:g} mm of the aorta (aortic wall, root or "
-                    f"ostium) excluded from the coronary calcium")
+                    f"at the aortic wall (within {params.aorta_margin_mm:g} mm of the aorta, or "
+                    f"in calcifications within {params.aorta_reach_mm:g} mm of it) excluded")
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     if n:
         sizes = np.bincount(parts.ravel())

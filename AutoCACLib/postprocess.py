@@ -25,7 +25,10 @@ angle, location and attenuation; anatomical labelling):
    (``contrast_gap_mm``) when a minimal-cost path to the tree stays contrast-filled nearly
    all the way and does not run through a chamber: the network often misses a stretch of a
    patent vessel, and such a path is the vessel itself. Pieces that never join are removed.
-   Joining repeats until nothing changes, so chains of pieces reconnect.
+   Joining repeats until nothing changes, so chains of pieces reconnect. A part of the
+   tree that then touches the aorta but spans less than ``min_root_mm`` is a bump on the
+   aortic wall (the network takes the blooming of aortic-wall calcium for an ostium), not a
+   vessel, and is removed.
 4. **Labelling.** Geodesic distance from the ostia along the tree cuts it into bands of
    ``band_mm``; the connected parts of each band are the nodes of a tree graph (a
    skeleton-free branch structure). Each ostium's territory is the RCA or the left tree by
@@ -142,6 +145,10 @@ class PostprocessParams:
         Extra cost of a gap-filling path through a voxel darker than the lumen (0: straight).
     max_path_ratio : float
         A gap-filling path longer than this times the straight gap is replaced by a line.
+    min_root_mm : float
+        A connected part of the reconnected tree that touches the aorta and fits in a box
+        with a shorter diagonal is a stub on the aortic wall and is removed (no vessel worth
+        scoring is that short: see ``min_vessel_length_mm``).
     band_mm : float
         Width of the geodesic bands that cut the tree into nodes for labelling.
     min_vessel_length_mm : float
@@ -178,6 +185,7 @@ class PostprocessParams:
     direction_radius_mm: float = 4.0
     path_cost_weight: float = 10.0
     max_path_ratio: float = 1.5
+    min_root_mm: float = 8.0
     band_mm: float = 2.0
     min_vessel_length_mm: float = 10.0
     max_removed_fraction: float = 0.3
@@ -358,6 +366,9 @@ def postprocess_coronaries(vessel_labels, image, spacing, aorta_mask,
     tree, pieces = _split_pieces(components, net, img, aorta, aorta_hu, spacing, params,
                                  removed)
     n_reconnected = _reconnect(tree, pieces, net, img, aorta, spacing, params, removed)
+    n_stubs = _drop_stubs(tree, aorta, spacing, params)
+    if n_stubs:
+        removed["stub"] += n_stubs
     labels, facts = _label_tree(tree, net, aorta, spacing, params)
     out[box] = labels
     kept = np.count_nonzero((labels > 0) & (net > 0))
@@ -630,6 +641,22 @@ def _reconnect(tree, pieces, net, img, aorta, spacing, params, removed) -> int:
     for k in pending:
         removed[reasons[k]] += 1
     return joined
+
+
+def _drop_stubs(tree, aorta, spacing, params) -> int:
+    """Remove (in place) the connected parts of the tree that touch the aorta and fit in a box
+    whose diagonal is shorter than ``min_root_mm``; return how many."""
+    parts, _ = ndi.label(tree, _STRUCTURE_26)
+    dropped = 0
+    for index, part_box in enumerate(ndi.find_objects(parts), start=1):
+        extent = np.array([s.stop - s.start - 1 for s in part_box]) * spacing
+        if np.linalg.norm(extent) >= params.min_root_mm:
+            continue
+        coords = np.argwhere(parts[part_box] == index) + [s.start for s in part_box]
+        if _near(coords, aorta, params.ostium_margin_mm, spacing).any():
+            tree[tuple(coords.T)] = False
+            dropped += 1
+    return dropped
 
 
 def _compatible(a: int, b: int) -> bool:

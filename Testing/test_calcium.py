@@ -146,6 +146,34 @@ def test_calcium_next_to_the_aorta_is_excluded_and_reported():
     assert (_detect(image, lumen, cf=400, vessel="RCA").labels[:, :, :20] > 0).any()
 
 
+def test_calcification_in_the_aortic_wall_is_excluded_whole():
+    # Aortic-wall calcium next to the ostium reaches past the 2 mm margin (the aorta mask
+    # may stop a voxel short of the wall) but stays within 4 mm of the aorta: none of it
+    # counts. An ostial plaque running on along the vessel keeps its part beyond the margin.
+    z, y, x = _grid()
+    aorta = (x < 1.5) + 0 * z + 0 * y > 0
+    wall = [(4.0, 1.2, 900, RADIUS)]  # x 2.8 to 5.2 mm: 1.3 to 3.7 mm from the aorta
+    ostial = [(cx, 1.0, 900, RADIUS) for cx in (3.0, 4.5, 6.0, 7.5, 9.0)]
+    for blobs, kept_mm in [(wall, None), (ostial, (3.5, 10.5))]:
+        image, lumen, truth = _case(400, blobs, seed=8)
+        image[aorta] = 450.0
+        result = _detect(image, lumen, cf=400, vessel="RCA", aorta=aorta)
+        found = result.labels == 4
+        assert result.excluded_near_aorta_mm3 > 1.0
+        if kept_mm is None:
+            assert not found.any()
+        else:
+            xs = (np.nonzero(found)[2] * SPACING[2])
+            assert xs.min() >= kept_mm[0] and xs.max() <= kept_mm[1]
+            assert found.sum() * np.prod(SPACING) > 0.4 * truth.sum() * np.prod(SPACING)
+    # Only the margin would leave part of the wall calcification counted.
+    image, lumen, _ = _case(400, wall, seed=8)
+    image[aorta] = 450.0
+    only_margin = CalciumParams(aorta_reach_mm=0.0)
+    assert _detect(image, lumen, cf=400, vessel="RCA", aorta=aorta,
+                   params=only_margin).labels.any()
+
+
 def test_no_centerlines_or_vessels_gives_empty_labels():
     image, lumen, _ = _case(400, [(20.0, 1.3, 900, RADIUS)], seed=6)
     labels = np.where(lumen, VESSEL_LABEL["LAD"], 0)

@@ -198,6 +198,24 @@ def test_tree_near_an_undersegmented_aorta_is_rooted(scene):
     assert _agreement(result, scene, LAD) == 1.0 and _agreement(result, scene, RCA) == 1.0
 
 
+def test_stub_on_the_aortic_wall_is_removed(scene):
+    # The network often labels the blooming of aortic-wall calcium as a short coronary
+    # leaving the aorta: a bump 3 mm long, far from the real ostia, is not a vessel.
+    angle = np.radians(150.0)
+    direction = np.array([0.0, np.sin(angle), np.cos(angle)])
+    start = np.array([44.0, *AORTA["center_yx"]]) + (AORTA["radius"] - 0.5) * direction
+    stub = scene.add_tube([start, start + 3.0 * direction], 1.5, RCA, ARTERY_HU)
+    result = scene.run()
+    assert result.qc.removed_pieces == {"stub": 1}
+    assert not result.labels[stub].any()
+    assert result.qc.n_major_ostia == 2
+    assert np.array_equal(result.labels > 0, scene.truth > 0)
+    # A vessel leaving the aorta there is kept.
+    scene.add_tube([start, start + 12.0 * direction], 1.5, RCA, ARTERY_HU)
+    result = scene.run()
+    assert result.qc.removed_pieces == {} and np.all(result.labels[stub] == RCA)
+
+
 def test_missing_ostium_segment_is_bridged_to_the_aorta(scene):
     near_wall = (scene.labels == LM) & (scene.points[..., 2] < 40.0)  # 3 mm off the wall
     scene.labels[near_wall] = 0
