@@ -290,6 +290,10 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     if tree.qc.unusable:
         return _failed(volume, "coronary tree not usable: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)
+    if tree.qc.incomplete:
+        return _failed(volume, "coronary tree incomplete: " + " ".join(tree.qc.findings())
+                       + " Its calcium would be missing from the scores.", timings, warnings,
+                       inputs, labels, details)
     if tree.qc.fragmented:
         warnings.append("coronary tree fragmented: " + " ".join(tree.qc.findings()))
     elif tree.qc.missing:

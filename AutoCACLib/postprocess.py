@@ -243,6 +243,12 @@ class PostprocessQC:
         return self.n_ostia == 0 or all(v in self.missing for v in ("LAD", "LCx", "RCA"))
 
     @property
+    def incomplete(self) -> bool:
+        """True when the LAD, LCx or RCA was not found (every heart has them; the LM may be
+        absent, the LAD and LCx then leaving the aorta separately)."""
+        return any(v in self.missing for v in ("LAD", "LCx", "RCA"))
+
+    @property
     def fragmented(self) -> bool:
         """True when more than ``max_removed_fraction`` of the network's mask was discarded."""
         return self.removed_fraction > self.params.max_removed_fraction

@@ -103,6 +103,31 @@ def test_implausible_tree_fails_instead_of_giving_a_number(small_case, models, m
     assert (result.labels > 0).any()
 
 
+def test_tree_without_the_lad_fails_instead_of_scoring_without_it(small_case, models,
+                                                                    monkeypatch):
+    # A network that loses the LAD (heavy calcium, low contrast) would give a score missing
+    # the LAD's calcium: the case fails and names the vessel.
+    import dataclasses
+
+    import AutoCACLib.postprocess as postprocess
+
+    real = postprocess.postprocess_coronaries
+
+    def without_lad(*args, **kwargs):
+        result = real(*args, **kwargs)
+        labels = result.labels.copy()
+        labels[labels == postprocess.LAD] = 0
+        return postprocess.PostprocessResult(
+            labels, dataclasses.replace(result.qc, missing=("LAD",)))
+
+    monkeypatch.setattr(postprocess, "postprocess_coronaries", without_lad)
+    result = run_pipeline(small_case.ccta, device="cpu", models=models)
+    assert result.status == "failed" and result.scores["agatston"] is None
+    reason = result.scores["failure_reason"]
+    assert reason.startswith("coronary tree incomplete")
+    assert "left anterior descending artery (LAD) was not found" in reason
+
+
 def test_cancel_stops_before_writing_anything(small_case, models):
     with pytest.raises(Cancelled):
         run_pipeline(small_case.ccta, device="cpu", models=models, cancel=lambda: True)

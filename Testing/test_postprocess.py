@@ -104,7 +104,7 @@ def test_intact_tree_is_kept_and_measured(scene):
     assert (qc.n_ostia, qc.n_major_ostia, qc.left_ostium, qc.right_ostium) == (2, 2, True, True)
     assert qc.n_fragments_before == qc.n_fragments_after == 2
     assert qc.removed_fraction == 0.0 and qc.removed_pieces == {} and qc.missing == ()
-    assert qc.findings() == [] and not qc.tree_missing
+    assert qc.findings() == [] and not qc.tree_missing and not qc.incomplete
     for vessel, name in ((LAD, "LAD"), (LCX, "LCx"), (RCA, "RCA")):
         assert qc.length_mm[name] == pytest.approx(_path_length(vessel), rel=0.2)
     assert 2.0 < qc.length_mm["LM"] < 8.0  # 5 mm from the aortic wall to the bifurcation
@@ -306,7 +306,7 @@ def test_missing_rca_is_reported(scene):
     result = scene.run()
     qc = result.qc
     assert (qc.n_ostia, qc.left_ostium, qc.right_ostium) == (1, True, False)
-    assert qc.missing == ("RCA",) and not qc.tree_missing
+    assert qc.missing == ("RCA",) and not qc.tree_missing and qc.incomplete
     assert qc.findings() == ["The right coronary artery (RCA) was not found."]
     assert not np.any(result.labels == RCA)
 
