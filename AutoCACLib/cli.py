@@ -63,7 +63,7 @@ def _settings(args):
 def _cmd_score(args) -> int:
     from .calcium_input import read_calcium_labels
     from .results import scores_document, write_json
-    from .scoring import score_calcium
+    from .scoring import score_volume
     from .volume import read_volume
 
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def _cmd_score(args) -> int:
     labels = read_calcium_labels(args.segmentation, image)
     t_seg = time.perf_counter()
     kvp = args.kvp if image.kvp is None else image.kvp
-    score = score_calcium(image.array, labels, image.spacing, settings, kvp=kvp)
+    score = score_volume(image, labels, settings, kvp=kvp)
     t_score = time.perf_counter()
     doc = scores_document(
         score, timings_s={"read_image": t_read - t0, "read_segmentation": t_seg - t_read,

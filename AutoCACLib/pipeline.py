@@ -23,9 +23,9 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .results import scores_document
-from .scoring import ScoringSettings, score_calcium
+from .scoring import ScoringSettings, score_volume, stored_slices
 from .segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL, VESSELS
-from .volume import Volume, check_is_ct
+from .volume import Volume, check_is_ct, to_axial_lps
 
 Progress = Callable[[str, float], None]
 
@@ -123,8 +123,7 @@ def ccta_score(volume: Volume, labels: np.ndarray, settings: ScoringSettings,
     from .scoring import calcium_labels_from_labelmap
 
     effective = ccta_settings(volume, settings, calibration_factor, scoring_params)
-    return score_calcium(volume.array, calcium_labels_from_labelmap(labels), volume.spacing,
-                         effective, kvp=volume.kvp)
+    return score_volume(volume, calcium_labels_from_labelmap(labels), effective, kvp=volume.kvp)
 
 
 def ccta_settings(volume: Volume, settings: ScoringSettings, calibration_factor: float,
@@ -215,7 +214,25 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
     Returns
     -------
     PipelineResult
+        Labels on ``volume``'s grid. An image stored in another axis order (right-to-left,
+        feet-first, coronal or sagittal stacks) is processed as axial LPS slices
+        (:func:`AutoCACLib.volume.to_axial_lps`) and its labels are mapped back.
     """
+    inputs = dict(inputs or {})
+    inputs.update(shape=list(volume.shape), spacing_mm=[round(s, 4) for s in volume.spacing],
+                  kvp=volume.kvp)
+    axial, orientation = to_axial_lps(volume)
+    result = _run_axial(axial, device, settings, progress, cancel, models, models_dir, inputs)
+    if orientation.identity:
+        return result
+    stored_slices(result.scores.get("lesions") or [], result.scores["warnings"], orientation,
+                  volume.shape[0])
+    return PipelineResult(orientation.undo(result.labels), result.scores, result.details)
+
+
+def _run_axial(volume: Volume, device, settings, progress, cancel, models, models_dir,
+               inputs) -> PipelineResult:
+    """:func:`run_pipeline` on a volume whose array axes run along S, P and L."""
     from .calcium import detect_calcium
     from .calibration import calibration_factor as estimate_calibration
     from .centerlines import vessel_centerlines
@@ -239,9 +256,6 @@ def run_pipeline(volume: Volume, device: str = "auto", settings: ScoringSettings
         timings[name] = timings.get(name, 0.0) + now - clock[0]
         clock[0] = now
 
-    inputs = dict(inputs or {})
-    inputs.update(shape=list(volume.shape), spacing_mm=[round(s, 4) for s in volume.spacing],
-                  kvp=volume.kvp)
     stage("check")
     check_is_ct(volume, inputs.get("image", "image"))
     if min(volume.shape) < 16:

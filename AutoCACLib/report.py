@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 
 from .segments import SEGMENT_BY_LABEL, SEGMENTS, VESSELS
-from .volume import Volume
+from .volume import Volume, to_axial_lps
 
 _WINDOW = (-150.0, 650.0)  # HU shown black..white: a typical CCTA window
 
@@ -78,6 +78,8 @@ def render_report(volume: Volume, labels: np.ndarray, scores: dict, path: str | 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    volume, orientation = to_axial_lps(volume)  # axial slices in radiological order
+    labels = orientation.apply(labels)
     fig = plt.figure(figsize=(13, 8.5), dpi=100)
     fig.suptitle(title, fontsize=15, fontweight="bold", x=0.02, ha="left")
     grid = fig.add_gridspec(2, 4, height_ratios=[1, 1], hspace=0.25, wspace=0.08,

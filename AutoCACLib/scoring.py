@@ -23,6 +23,7 @@ from .categories import cac_drs, risk_category
 from .errors import InputError
 from .segments import CALCIUM_LABEL, VESSELS
 from .structuring import bounding_box
+from .volume import Reorientation, to_axial_lps
 
 #: Approximate attenuation of hydroxyapatite relative to 120 kVp. With ``kvp_specific``,
 #: the threshold and weight bins are multiplied by this factor (giving about 150 HU at
@@ -284,6 +285,39 @@ def score_calcium(image_hu: np.ndarray, calcium_labels: np.ndarray, spacing,
     )
 
 
+#: Said when an image's slices are not axial (lesion slice numbers then count axial slices).
+NOT_AXIAL_WARNING = ("the image is stored as coronal or sagittal slices: it was scored on "
+                     "axial slices, and lesion slice numbers count axial slices from the feet")
+
+
+def stored_slices(lesions: list[dict], warnings: list[str], change: Reorientation,
+                  n_slices: int) -> None:
+    """Renumber (in place) lesions found on the axial grid of
+    :func:`AutoCACLib.volume.to_axial_lps` by the image's stored slices, when those are axial
+    (``n_slices`` of them); otherwise add :data:`NOT_AXIAL_WARNING` to ``warnings``."""
+    if change.axes[0] != 0:
+        warnings.append(NOT_AXIAL_WARNING)
+    elif change.flips[0]:
+        for lesion in lesions:
+            lesion["slice"] = n_slices - 1 - lesion["slice"]
+
+
+def score_volume(volume, calcium_labels: np.ndarray, settings: ScoringSettings | None = None,
+                 kvp: float | None = None) -> CalciumScore:
+    """:func:`score_calcium` on a volume's axial slices, whatever its stored axis order.
+
+    The Agatston score is defined on axial slices: an image stored as coronal or sagittal
+    slices is scored on its axial grid (:func:`AutoCACLib.volume.to_axial_lps`, no
+    resampling); scores of images stored right-to-left or feet-first do not change. Lesion
+    slice numbers are those of the stored slices (see :func:`stored_slices`).
+    """
+    axial, change = to_axial_lps(volume)
+    score = score_calcium(axial.array, change.apply(calcium_labels), axial.spacing, settings,
+                          kvp=kvp)
+    stored_slices(score.lesions, score.warnings, change, volume.shape[0])
+    return score
+
+
 def calcium_labels_from_labelmap(labels: np.ndarray) -> np.ndarray:
     """1..4 vessel calcium labels from an AutoCAC label map (``Calcium <vessel>`` segments)."""
     out = np.zeros(labels.shape, dtype=np.uint8)
@@ -295,5 +329,4 @@ def calcium_labels_from_labelmap(labels: np.ndarray) -> np.ndarray:
 def score_labelmap(volume, labels: np.ndarray, settings: ScoringSettings | None = None
                    ) -> CalciumScore:
     """Score the ``Calcium <vessel>`` segments of an AutoCAC label map on ``volume``'s grid."""
-    return score_calcium(volume.array, calcium_labels_from_labelmap(labels), volume.spacing,
-                         settings, kvp=volume.kvp)
+    return score_volume(volume, calcium_labels_from_labelmap(labels), settings, kvp=volume.kvp)

@@ -35,7 +35,7 @@ from vtk.util import numpy_support
 
 from .errors import InputError
 from .segments import SEGMENT_BY_NAME, SEGMENTS, VESSELS
-from .volume import Volume, check_is_ct
+from .volume import Volume, axial_reorientation, check_is_ct
 
 #: RAS from LPS (and back: the matrix is its own inverse).
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -470,12 +470,15 @@ def place_beside(volume_node, node) -> None:
 
 def _calcium_crop(volume: Volume, chunks) -> tuple[Volume, np.ndarray, int]:
     """The part of ``volume`` around the calcium voxels, their label map there, and the
-    index of its first slice (so that scoring touches only a few voxels)."""
+    index of its first slice (so that scoring touches only a few voxels). A volume stored as
+    coronal or sagittal slices is kept whole (it is scored on its axial slices)."""
     if not chunks:
         return volume.with_array(volume.array[:1, :1, :1]), np.zeros((1, 1, 1), np.uint8), 0
     index = np.concatenate([i for i, _ in chunks])
     zyx = np.unravel_index(index, volume.shape)
     box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in zyx)
+    if axial_reorientation(volume.direction).axes[0] != 0:
+        box = tuple(slice(0, n) for n in volume.shape)
     labels = np.zeros([b.stop - b.start for b in box], dtype=np.uint8)
     for i, values in chunks:
         z, y, x = np.unravel_index(i, volume.shape)

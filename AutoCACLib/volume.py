@@ -114,6 +114,81 @@ class Volume:
                    np.array(image.GetDirection()).reshape(3, 3), kvp, dict(metadata or {}))
 
 
+@dataclass(frozen=True)
+class Reorientation:
+    """How :func:`to_axial_lps` permuted and flipped a volume's array.
+
+    Attributes
+    ----------
+    axes : tuple of 3 int
+        Axis ``b`` of the new array is axis ``axes[b]`` of the old one ...
+    flips : tuple of 3 bool
+        ... reversed where ``flips[b]``.
+    """
+
+    axes: tuple[int, int, int] = (0, 1, 2)
+    flips: tuple[bool, bool, bool] = (False, False, False)
+
+    @property
+    def identity(self) -> bool:
+        return self.axes == (0, 1, 2) and not any(self.flips)
+
+    def _reverse(self, array: np.ndarray) -> np.ndarray:
+        return array[tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """An array on the original grid, on the axial LPS grid."""
+        return np.ascontiguousarray(self._reverse(np.transpose(array, self.axes)))
+
+    def undo(self, array: np.ndarray) -> np.ndarray:
+        """An array on the axial LPS grid, back on the original grid."""
+        return np.ascontiguousarray(np.transpose(self._reverse(array), np.argsort(self.axes)))
+
+
+def axial_reorientation(direction: np.ndarray) -> Reorientation:
+    """The permutation and flips of :func:`to_axial_lps` for an ITK direction matrix
+    (none when an axis is 45 degrees oblique, with no nearest axis order)."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    along = np.argmax(np.abs(d), axis=0)  # LPS axis of image axis x, y, z
+    if len(set(along.tolist())) < 3:
+        return Reorientation()
+    # Array axis a holds image axis 2 - a; new array axis b must run along LPS axis 2 - b.
+    axes = tuple(int(2 - np.flatnonzero(along == 2 - b)[0]) for b in range(3))
+    return Reorientation(axes, tuple(bool(d[2 - b, 2 - axes[b]] < 0) for b in range(3)))
+
+
+def to_axial_lps(volume: Volume) -> tuple[Volume, Reorientation]:
+    """The volume with its array axes permuted and flipped so that they run along L, P and S
+    as closely as they can (array ``[z, y, x]``: z towards the head, y posterior, x left).
+
+    Images stored right-to-left, feet-first, or as coronal or sagittal stacks become axial
+    without resampling (every voxel keeps its value and physical position); an oblique tilt
+    that remains stays in the direction matrix. The networks and the slice-wise Agatston
+    score need axial slices in this order.
+
+    Returns
+    -------
+    (Volume, Reorientation)
+        The reoriented volume (the input itself when nothing changes) and how to map arrays
+        between the two grids.
+    """
+    d = volume.direction
+    change = axial_reorientation(d)
+    if change.identity:
+        return volume, change
+    axes, flips = change.axes, change.flips
+    corner = np.array([volume.shape[a] - 1 if f else 0 for a, f in zip(axes, flips)])
+    old_index = np.zeros(3)
+    old_index[list(axes)] = corner
+    spacing_xyz = np.asarray(volume.spacing)[::-1]
+    origin = np.asarray(volume.origin) + d @ (old_index[::-1] * spacing_xyz)
+    direction = np.zeros((3, 3))
+    for b in range(3):
+        direction[:, 2 - b] = d[:, 2 - axes[b]] * (-1.0 if flips[b] else 1.0)
+    return Volume(change.apply(volume.array), tuple(volume.spacing[a] for a in axes),
+                  tuple(origin), direction, volume.kvp, dict(volume.metadata)), change
+
+
 def _is_image_file(path: Path) -> bool:
     name = path.name.lower()
     return any(name.endswith(s) for s in IMAGE_SUFFIXES)

@@ -8,7 +8,7 @@ from AutoCACLib.calcium_input import read_calcium_labels
 from AutoCACLib.errors import InputError
 from AutoCACLib.segmentation_io import read_segment_masks, write_segmentation
 from AutoCACLib.segments import CALCIUM_LABEL, SEGMENT_BY_NAME, SEGMENTS, VESSEL_LABEL
-from AutoCACLib.volume import Volume, read_volume, write_volume
+from AutoCACLib.volume import Volume, read_volume, to_axial_lps, write_volume
 
 ROT = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about z
 
@@ -18,6 +18,42 @@ def ct(shape=(6, 16, 20), spacing=(1.5, 0.4, 0.45), direction=np.eye(3), kvp=100
     a = rng.normal(0, 20, shape).astype(np.float32)
     a[:, :2] = -1000
     return Volume(a, spacing, (10.0, -20.5, 300.0), direction, kvp)
+
+
+def _positions(volume):
+    """Physical LPS position (mm) of every voxel, in array order."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij"), -1)
+    xyz = index.reshape(-1, 3)[:, ::-1] * np.asarray(volume.spacing)[::-1]
+    return np.asarray(volume.origin) + xyz @ volume.direction.T
+
+
+def _tilt(degrees):
+    a = np.radians(degrees)
+    return np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
+
+
+@pytest.mark.parametrize("direction", [
+    np.diag([-1.0, -1.0, 1.0]),                             # stored right-to-left (RAS)
+    np.diag([1.0, 1.0, -1.0]),                              # feet-first
+    np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]),     # coronal stack
+    np.array([[0, 0, -1.0], [1.0, 0, 0], [0, -1.0, 0]]),    # sagittal stack
+    _tilt(12) @ np.diag([-1.0, 1.0, -1.0]),                 # tilted gantry, flipped
+])
+def test_axial_lps_keeps_every_voxel_where_it_is(direction):
+    shape = (5, 6, 7)
+    v = Volume(np.arange(np.prod(shape), dtype=np.float32).reshape(shape), (1.5, 0.4, 0.45),
+               (10.0, -20.5, 300.0), direction)
+    axial, change = to_axial_lps(v)
+    assert not change.identity
+    # The axes now run along L, P and S, each the right way (a tilt stays a tilt).
+    assert np.all(np.argmax(np.abs(axial.direction), axis=0) == [0, 1, 2])
+    assert np.all(np.diag(axial.direction) > 0.9)
+    # Every voxel keeps its value and physical position; arrays map both ways.
+    old = _positions(v)[axial.array.ravel().astype(int)]
+    assert np.allclose(_positions(axial), old, atol=1e-4)
+    assert np.array_equal(change.undo(axial.array), v.array)
+    assert np.array_equal(change.apply(v.array), axial.array)
+    assert axial.same_geometry(to_axial_lps(axial)[0]) and to_axial_lps(axial)[1].identity
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])

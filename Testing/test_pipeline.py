@@ -56,6 +56,34 @@ def test_run_gives_the_scores_contract_and_a_label_map(small_case, models):
         assert doc["failure_reason"]
 
 
+def test_image_stored_in_another_axis_order_gives_the_same_result(small_case, models):
+    # A NIfTI stored right-to-left and anterior-to-posterior, slices from the head down: the
+    # same voxels at the same places. Same scores, and labels on the stored grid.
+    from AutoCACLib.volume import Volume, to_axial_lps
+
+    ccta = small_case.ccta
+    flipped = ccta.array[::-1, ::-1, ::-1]
+    ras = Volume(flipped, ccta.spacing, tuple(_positions_corner(ccta)),
+                 -np.eye(3), ccta.kvp, dict(ccta.metadata))
+    assert to_axial_lps(ras)[0].same_geometry(ccta)
+    direct = run_pipeline(ccta, device="cpu", models=models)
+    stored = run_pipeline(ras, device="cpu", models=models)
+    assert direct.status == "ok" and direct.scores["agatston"]["total"] > 0
+    assert stored.labels.shape == ras.shape
+    assert np.array_equal(stored.labels, direct.labels[::-1, ::-1, ::-1])
+    assert stored.scores["agatston"] == direct.scores["agatston"]
+    n = ccta.shape[0]
+    assert sorted(les["slice"] for les in stored.scores["lesions"]) == \
+        sorted(n - 1 - les["slice"] for les in direct.scores["lesions"])
+    assert stored.scores["input"]["shape"] == list(ras.shape)
+
+
+def _positions_corner(volume):
+    """LPS position of the voxel at the far corner of the array."""
+    far = (np.array(volume.shape)[::-1] - 1) * np.asarray(volume.spacing)[::-1]
+    return np.asarray(volume.origin) + volume.direction @ far
+
+
 def test_calcium_segments_hold_what_the_score_counts(models):
     case = make_case(5, "small", kvp=100, burden=">400")
     result = run_pipeline(case.ccta, device="cpu", models=models)

@@ -5,16 +5,52 @@ import pytest
 
 from AutoCACLib.categories import cac_drs, risk_category
 from AutoCACLib.errors import InputError
-from AutoCACLib.scoring import (ScoringSettings, agatston_weight, kvp_calcium_factor,
-                                score_calcium, score_labelmap)
+from AutoCACLib.scoring import (NOT_AXIAL_WARNING, ScoringSettings, agatston_weight,
+                                kvp_calcium_factor, score_calcium, score_labelmap,
+                                score_volume)
 from AutoCACLib.segments import CALCIUM_LABEL, VESSEL_LABEL
-from AutoCACLib.volume import Volume
+from AutoCACLib.volume import Volume, to_axial_lps
 
 SP3 = (3.0, 0.5, 0.5)  # 3 mm slices, 0.5 mm pixels: one pixel = 0.25 mm^2
 
 
 def blank(shape=(3, 20, 20)):
     return np.full(shape, 40.0), np.zeros(shape, dtype=np.uint8)
+
+
+def _two_plaques():
+    """An axial volume (1 mm slices) with a plaque spanning 3 slices and one in 1 slice."""
+    img, lab = blank((8, 20, 20))
+    img[2:5, 4:8, 4:7] = 450.0
+    img[6, 12:15, 10:14] = 250.0
+    lab[2:5, 3:9, 3:8] = 2
+    lab[6, 11:16, 9:15] = 4
+    return Volume(img, (1.0, 0.5, 0.5), (0.0, 0.0, 0.0)), lab
+
+
+def test_coronal_stack_is_scored_on_axial_slices():
+    axial, lab = _two_plaques()
+    # The same voxels stored as coronal slices (slice axis posterior, rows head-ward).
+    coronal = Volume(axial.array.transpose(1, 0, 2), (0.5, 1.0, 0.5), (0.0, 0.0, 0.0),
+                     np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]))
+    assert to_axial_lps(coronal)[0].same_geometry(axial)
+    expected = score_calcium(axial.array, lab, axial.spacing)
+    got = score_volume(coronal, lab.transpose(1, 0, 2))
+    assert got.agatston == expected.agatston and got.volume_mm3 == expected.volume_mm3
+    assert NOT_AXIAL_WARNING in got.warnings
+    # Scoring the coronal slices as if they were axial gives another number.
+    wrong = score_calcium(coronal.array, lab.transpose(1, 0, 2), coronal.spacing)
+    assert wrong.agatston["total"] != pytest.approx(expected.agatston["total"])
+
+
+def test_feet_first_image_keeps_its_scores_and_stored_slice_numbers():
+    axial, lab = _two_plaques()
+    feet_first = Volume(axial.array[::-1], axial.spacing, (0.0, 0.0, 7.0), np.diag([1, 1, -1.0]))
+    expected = score_calcium(axial.array, lab, axial.spacing)
+    got = score_volume(feet_first, lab[::-1])
+    assert got.agatston == expected.agatston and not got.warnings
+    assert sorted(les["slice"] for les in got.lesions) == \
+        sorted(7 - les["slice"] for les in expected.lesions)
 
 
 def test_exactly_threshold_counts_and_just_below_does_not():
