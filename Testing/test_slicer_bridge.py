@@ -23,7 +23,7 @@ from vtk.util import numpy_support  # noqa: E402
 
 from AutoCACLib import slicer_bridge as sb  # noqa: E402
 from AutoCACLib.errors import InputError  # noqa: E402
-from AutoCACLib.scoring import ScoringSettings, score_labelmap  # noqa: E402
+from AutoCACLib.scoring import NOT_AXIAL_WARNING, ScoringSettings, score_labelmap  # noqa: E402
 from AutoCACLib.segments import CALCIUM_LABEL, SEGMENT_BY_NAME, SEGMENTS, VESSELS  # noqa: E402
 from AutoCACLib.volume import Volume  # noqa: E402
 
@@ -277,6 +277,25 @@ def test_recompute_without_edit_reproduces_run(case):
     assert [lesions[v]["Slice"] for v in ("LM", "LAD", "RCA")] == [2, 4, 7]
     assert scores["recomputed"] and scores["status"] == "ok"
     assert "test double: no networks were run" in scores["warnings"]
+
+
+def test_coronal_stack_is_scored_on_axial_slices_by_run_and_recompute():
+    # The same voxels stored as coronal slices (a reformatted series): the scores are those
+    # of the axial slices, before and after Recompute.
+    volume, labels = synthetic_case()
+    coronal = Volume(volume.array.transpose(1, 0, 2),
+                     (volume.spacing[1], volume.spacing[0], volume.spacing[2]), volume.origin,
+                     volume.direction[:, [0, 2, 1]], volume.kvp)
+    headless = sb.HeadlessScene()
+    node = sb.volume_to_node(coronal, headless.scene, "CCTA coronal")
+    logic = sb.SceneLogic(headless.scene,
+                          pipeline=KnownLabelsPipeline(labels.transpose(1, 0, 2)))
+    out = logic.run(node)
+    expected = expected_rows(volume, labels)
+    assert_table_matches(out.table, expected)
+    scores = logic.recompute(out.table)
+    assert_table_matches(out.table, expected)
+    assert NOT_AXIAL_WARNING in scores["warnings"]
 
 
 @pytest.mark.parametrize("edit", ["paint", "erase", "move"])
