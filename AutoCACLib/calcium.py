@@ -34,8 +34,8 @@ neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta nev
 calcification that touches that margin and stays within ``aorta_reach_mm`` of the aorta: it
 lies in the aortic wall (whose outer part the margin does not always cover, the aorta mask
 being uncertain by about a voxel), whereas an ostial plaque runs on into the vessel and keeps
-its part beyond the margin. What was removed that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
-dropped.
+its part beyond the margin. What was removed that way is reported as a warning. Candidate
+regions smaller than ``min_volume_mm3`` are dropped.
 """
 
 from __future__ import annotations
