@@ -367,7 +367,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     keep[parts[cache["at_wall"]]] = True
     keep[parts[beyond]] = False
     keep[0] = False
-    candidate[~keep[parts]] = 0
+    candidate[~keep[parts]] = 0  # whole regions go: ``parts`` still labels those kept
 
     detection = CalciumDetection(out, profiles)
     voxel_mm3 = float(np.prod(sp))
@@ -380,7 +380,6 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
             near = gap <= params.aorta_margin_mm
             if near.any():
                 # Whole calcifications that touch the margin but never leave the aortic wall.
-                parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
                 part = parts[tuple(found.T)]
                 reach = np.zeros(n + 1)
                 np.maximum.at(reach, part, gap)
@@ -393,11 +392,11 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                     f"{detection.excluded_near_aorta_mm3:.1f} mm^3 of calcium-like voxels "
                     f"at the aortic wall (within {params.aorta_margin_mm:g} mm of the aorta, or "
                     f"in calcifications within {params.aorta_reach_mm:g} mm of it) excluded")
-    parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
-    if n:
-        sizes = np.bincount(parts.ravel())
-        small = sizes * voxel_mm3 < params.min_volume_mm3
-        small[0] = False
-        candidate[small[parts]] = 0
+                # Cutting the margin out may split a region in two.
+                parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(parts[candidate > 0], minlength=n + 1)
+    small = sizes * voxel_mm3 < params.min_volume_mm3
+    small[0] = False
+    candidate[small[parts]] = 0
     out[box] = candidate
     return detection
