@@ -167,15 +167,20 @@ def _cmd_train(args) -> int:
         raise InputError("--held-out must be at least 0 and below 1")
     if args.jobs < 1 or args.batch_size < 1:
         raise InputError("--jobs and --batch-size must be at least 1")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        raise InputError("--learning-rate must be above 0")
+    if args.init_from is not None and args.fit_only:
+        raise InputError("--init-from starts network training; it cannot go with --fit-only")
     if not args.fit_only:
-        from .training import train_models
+        from .training import LEARNING_RATE, train_models
 
         report["networks"] = train_models(
             args.sources, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
             progress=TerminalProgress(), label_remap=_parse_remap(args.label_remap),
             steps_per_epoch=args.steps_per_epoch, base=args.base,
             models=tuple(args.network or ("aorta", "coronary")),
-            held_out_fraction=args.held_out, batch_size=args.batch_size, jobs=args.jobs)
+            held_out_fraction=args.held_out, batch_size=args.batch_size, jobs=args.jobs,
+            init_from=args.init_from, learning_rate=args.learning_rate or LEARNING_RATE)
     if not args.networks_only:
         from .pipeline_training import fit_pipeline
 
@@ -252,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION",
                    help="share of the cases kept out of network training for its Dice "
                         "(default 0.2)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODELS_DIR",
+                   help="fine-tune: start from the weights of the models in this folder "
+                        "(Resources/Models for the shipped ones) instead of random ones")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="initial Adam learning rate (default 0.002; about 0.0005 when "
+                        "fine-tuning)")
     _add_device_options(p, models=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-remap", default=None, metavar="V=NAME,...",

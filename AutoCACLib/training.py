@@ -53,7 +53,8 @@ from .errors import InputError
 from .evaluation import dice
 from .inference import (AORTA_CLASSES, AORTA_MODEL, BINARY_CLASSES, CORONARY_MODEL,
                         FORMAT_VERSION, VESSEL_CLASSES, Model, Progress, heart_box_from_mask,
-                        model_paths, network_source, prepare_input, resample_majority, resolve_device, segment_networks, stack_slices,
+                        load_model, model_paths, network_source, prepare_input,
+                        resample_majority, resolve_device, segment_networks, stack_slices,
                         upsample_labels)
 from .segments import AORTA_LABEL, CALCIUM_LABEL, SEGMENT_BY_NAME, VESSEL_LABEL, VESSELS
 from .volume import IMAGE_SUFFIXES, Volume, read_volume
@@ -478,6 +479,15 @@ def _fmt_dice(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _initialized_row(training: dict) -> str:
+    """Model card row naming the model a fine-tuned network started from ('' if none)."""
+    start = training.get("initialized_from")
+    if not start:
+        return ""
+    return (f"| Initialized from | the model in `{start['models_dir']}` ({start['n_train_cases']} "
+            f"cases, {start['epochs']} epochs: {start['data']}) |\n")
+
+
 def model_card(meta: dict, weights_bytes: int | None = None) -> str:
     """Markdown model card from a model's metadata."""
     t = meta["training"]
@@ -496,7 +506,7 @@ def model_card(meta: dict, weights_bytes: int | None = None) -> str:
 | Input | 2.5D: {2 * meta['context_slices'] + 1} neighbouring axial slices as channels, working grid {' x '.join(f'{s:g}' for s in meta['spacing_mm'])} mm (z, y, x) |
 | Normalization | {norm_text} |
 | Training data | {t['n_train_cases']} cases: {t['data']} |
-| Held-out data | {t['n_held_out_cases']} cases ({'never used in training' if t['held_out'] else 'none: the training cases themselves'}) |
+{_initialized_row(t)}| Held-out data | {t['n_held_out_cases']} cases ({'never used in training' if t['held_out'] else 'none: the training cases themselves'}) |
 | Seed | {t['seed']} |
 | Epochs | {t['epochs']} x {t['steps_per_epoch']} iterations, batch {t['batch_size']}, patch {t['patch']} px, Adam lr {t['learning_rate']:g} (cosine decay) |
 | Loss | cross-entropy + soft Dice; final training loss {t['final_loss']:.4f} |
@@ -550,8 +560,8 @@ def _mean_scores(per_case: list[dict]) -> dict:
 
 def train_network(config: ModelConfig, train: list[PreparedCase], iterations: int,
                   batch_size: int, device, seed: int, learning_rate: float = LEARNING_RATE,
-                  progress: Callable[[int, float], None] | None = None):
-    """Train one network from scratch.
+                  progress: Callable[[int, float], None] | None = None, initial=None):
+    """Train one network, from scratch or from a trained network's weights.
 
     Parameters
     ----------
@@ -565,6 +575,9 @@ def train_network(config: ModelConfig, train: list[PreparedCase], iterations: in
     learning_rate : float
         Initial Adam learning rate (cosine decay to 1% of it).
     progress : callable(iteration, loss), optional
+    initial : torch.nn.Module, optional
+        Trained network of the same architecture whose weights are the starting point
+        (fine-tuning); default a random initialisation.
 
     Returns
     -------
@@ -581,6 +594,8 @@ def train_network(config: ModelConfig, train: list[PreparedCase], iterations: in
     rng = np.random.default_rng(seed)
     network = build_network(config.architecture, in_channels=2 * config.context + 1,
                             n_classes=len(config.classes), **config.kwargs).to(device)
+    if initial is not None:
+        network.load_state_dict(initial.state_dict())
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * i / max(1, iterations))))
@@ -647,13 +662,50 @@ def _map_jobs(function, items: list, jobs: int):
         yield from pool.map(function, items)
 
 
+def _network_meta(config: ModelConfig, named: bool, input_normalization: str) -> dict:
+    """A trained network's metadata, less its training record."""
+    return {
+        "name": config.name, "format_version": FORMAT_VERSION,
+        "task": ("ascending and descending aorta (and a coarse coronary class that "
+                 "places the heart crop)" if config.name == AORTA_MODEL else
+                 "coronary tree" + (" by vessel" if named else " (binary)")),
+        "architecture": config.architecture,
+        "kwargs": {"in_channels": 2 * config.context + 1, "n_classes": len(config.classes),
+                   **config.kwargs},
+        "classes": list(config.classes), "context_slices": config.context,
+        "spacing_mm": list(config.spacing_mm),
+        "normalization": _normalization(config, input_normalization),
+    }
+
+
+def _starting_model(name: str, models_dir, meta: dict, device) -> Model:
+    """The trained model ``name`` in ``models_dir`` that fine-tuning starts from.
+
+    Raises
+    ------
+    InputError
+        Its architecture, width, classes, input or working grid differ from ``meta``.
+    """
+    model = load_model(name, models_dir, str(device.type))
+    keys = ("architecture", "kwargs", "classes", "context_slices", "spacing_mm",
+            "normalization")
+    different = [k for k in keys if model.meta.get(k) != meta[k]]
+    if different:
+        raise InputError(f"cannot fine-tune '{name}' from {models_dir}: its "
+                         f"{', '.join(different)} differ from this training's (same --base, "
+                         f"label classes and input needed)")
+    return model
+
+
 def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: str = "auto",
                  seed: int = 0, progress: Progress | None = None, *,
                  label_remap: dict | None = None, models=(AORTA_MODEL, CORONARY_MODEL),
                  held_out_fraction: float = 0.2, steps_per_epoch: int = 100,
                  batch_size: int = 8, base: int = 8, input_normalization: str = "histogram",
                  overrides: dict[str, dict] | None = None,
-                 data_description: str | None = None, jobs: int = 1) -> dict:
+                 data_description: str | None = None, jobs: int = 1,
+                 init_from: str | os.PathLike | None = None,
+                 learning_rate: float = LEARNING_RATE) -> dict:
     """Train the aorta and coronary networks and write them to ``out_dir``.
 
     Parameters
@@ -690,6 +742,12 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
     jobs : int
         Training cases read and resampled in parallel (processes, about 3 GB each for a
         clinical-size case).
+    init_from : path-like, optional
+        Folder of trained models (``Resources/Models`` for the shipped ones) whose weights
+        start the training (fine-tuning on new data); each model trained must be there with
+        the same architecture, width, classes, input and working grid.
+    learning_rate : float
+        Initial Adam learning rate (a quarter of the default or less suits fine-tuning).
 
     Returns
     -------
@@ -711,6 +769,9 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
     configs = default_configs(VESSEL_CLASSES if named else BINARY_CLASSES, base)
     for name, changes in (overrides or {}).items():
         configs[name] = replace(configs[name], **changes)
+    metas = {name: _network_meta(configs[name], named, input_normalization) for name in models}
+    starts = ({name: _starting_model(name, init_from, metas[name], torch_device)
+               for name in models} if init_from is not None else {})
     # Each case is read once and kept only on the working grids (float16 images).
     prepared = {name: [] for name in models}
     reader = partial(_prepare_for_models, configs={n: configs[n] for n in models},
@@ -734,21 +795,12 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
                 progress(f"{name}: iteration {i + 1}/{iterations}, loss {loss:.3f}",
                          round(0.15 + 0.8 * (m + (i + 1) / iterations) / len(models), 6))
 
+        start = starts.get(name)
         network, losses = train_network(config, prepared.pop(name), iterations, batch_size,
-                                        torch_device, seed, progress=report)
+                                        torch_device, seed, learning_rate, report,
+                                        start.network if start else None)
         round_to_float16(network)
-        meta = {
-            "name": name, "format_version": FORMAT_VERSION,
-            "task": ("ascending and descending aorta (and a coarse coronary class that "
-                     "places the heart crop)" if name == AORTA_MODEL else
-                     "coronary tree" + (" by vessel" if named else " (binary)")),
-            "architecture": config.architecture,
-            "kwargs": {"in_channels": 2 * config.context + 1, "n_classes": len(config.classes),
-                       **config.kwargs},
-            "classes": list(config.classes), "context_slices": config.context,
-            "spacing_mm": list(config.spacing_mm),
-            "normalization": _normalization(config, input_normalization),
-        }
+        meta = metas[name]
         model = Model(network, meta, torch_device)
         val_scores = [_evaluate(model, config, ref, label_remap) for ref in val_refs]
         if not val_refs:
@@ -761,7 +813,7 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
             "n_train_cases": len(cases_used), "n_held_out_cases": len(val_refs),
             "held_out": bool(val_refs), "held_out_cases": [r.name for r in val_refs],
             "seed": seed, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-            "batch_size": batch_size, "patch": config.patch, "learning_rate": LEARNING_RATE,
+            "batch_size": batch_size, "patch": config.patch, "learning_rate": learning_rate,
             "final_loss": float(np.mean(losses[-max(1, steps_per_epoch // 2):])),
             "held_out_dice": _mean_scores(val_scores), "runtime_s": runtime,
             "device": str(torch_device), "threads": torch.get_num_threads(),
@@ -769,6 +821,11 @@ def train_models(sources, out_dir: str | os.PathLike, epochs: int = 20, device: 
             "platform": f"{platform.system()} {platform.machine()}",
             "torch": torch.__version__, "autocac": __version__,
         }
+        if start:
+            before = start.meta["training"]
+            meta["training"]["initialized_from"] = {
+                "models_dir": str(init_from), "data": before["data"],
+                "n_train_cases": before["n_train_cases"], "epochs": before["epochs"]}
         files = save_model(network, meta, out_dir)
         trained[name] = model
         metrics[name] = {k: meta["training"][k] for k in

@@ -102,6 +102,37 @@ def test_coronaries_never_run_through_the_aorta(seed):
         assert clearance[past_ostium].min() > 0, artery.name
 
 
+def _inside_cylinders(points, margins, cylinders):
+    """Whether each point lies within ``margins`` mm of any of the cylinders."""
+    hit = np.zeros(len(points), dtype=bool)
+    for c in cylinders:
+        q = (points - c.center) @ c.rotation
+        side = (q[:, 0] / (c.semi[0] + margins)) ** 2 + (q[:, 1] / (c.semi[1] + margins)) ** 2
+        hit |= (side <= 1) & (np.abs(q[:, 2]) <= c.half_length + margins)
+    return hit
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_coronaries_and_heart_stay_clear_of_the_spine(seed):
+    # The left atrium lies in front of the oesophagus and the spine. When the heart reached
+    # into the vertebral bodies (most cases once), bone was painted over the atrium and the
+    # circumflex or the distal RCA, and the bone inside a plaque's reference region was scored
+    # as coronary calcium (an LCx reference of 737 AU for 18 mm^3 of plaque).
+    anatomy = build_anatomy(np.random.default_rng(seed), 100)
+    bones = [shape for layer in anatomy.layers
+             if layer.tag in ("cortical bone", "intervertebral disc")
+             for shape in layer.shapes if hasattr(shape, "half_length")]
+    assert bones
+    for artery in anatomy.arteries:
+        inside = _inside_cylinders(artery.tube.points, artery.tube.radii + 2.0, bones)
+        assert not inside.any(), artery.name
+    atria = [layer for layer in anatomy.layers if layer.tag == "atrial wall"][0].shapes
+    u = np.random.default_rng(1).standard_normal((2000, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    surface = np.concatenate([a.center + (u * a.semi) @ a.rotation.T for a in atria])
+    assert not _inside_cylinders(surface, 0.0, bones).any()
+
+
 def test_calcium_free_case_scores_zero(zero):
     assert zero.truth["reference"]["agatston"]["total"] == 0
     assert zero.truth["category"] == "0"

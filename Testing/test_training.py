@@ -232,6 +232,39 @@ def test_cli_trains_one_network_and_keeps_the_other(tmp_path, capsys):
     assert "--held-out" in capsys.readouterr().err
 
 
+def test_fine_tuning_starts_from_the_given_models_and_checks_they_fit(tmp_path):
+    from AutoCACLib.cli import main
+
+    for seed in range(2):
+        write_case_folder(tmp_path / "cohort" / f"case_{seed:03d}", seed)
+    common = dict(epochs=1, device="cpu", steps_per_epoch=2, batch_size=2, base=4,
+                  overrides=TINY, held_out_fraction=0.0, models=("coronary",))
+    train_models(tmp_path / "cohort", tmp_path / "first", seed=1, **common)
+    first = torch.load(tmp_path / "first" / "coronary.pt")
+    # A vanishing learning rate keeps the starting weights: they come from the given models.
+    train_models(tmp_path / "cohort", tmp_path / "tuned", seed=2, init_from=tmp_path / "first",
+                 learning_rate=1e-12, **common)
+    tuned = torch.load(tmp_path / "tuned" / "coronary.pt")
+    weights = [k for k in first if "running" not in k and "num_batches" not in k]
+    assert weights and all(torch.equal(first[k], tuned[k]) for k in weights), \
+        [k for k in weights if not torch.equal(first[k], tuned[k])]
+    scratch = torch.load(train_models(tmp_path / "cohort", tmp_path / "scratch", seed=2,
+                                      learning_rate=1e-12, **common)
+                         ["coronary"]["files"]["weights"])
+    assert not all(torch.equal(first[k], scratch[k]) for k in weights)
+    meta = json.loads((tmp_path / "tuned" / "coronary.json").read_text())
+    assert meta["training"]["initialized_from"]["models_dir"] == str(tmp_path / "first")
+    assert meta["training"]["learning_rate"] == 1e-12
+    assert "Initialized from" in (tmp_path / "tuned" / "coronary.md").read_text()
+    with pytest.raises(InputError, match="kwargs"):
+        train_models(tmp_path / "cohort", tmp_path / "wider", init_from=tmp_path / "first",
+                     **{**common, "overrides": {"coronary": {"patch": 32}}})
+    assert main(["train", str(tmp_path / "cohort"), "--out", str(tmp_path / "x"),
+                 "--init-from", str(tmp_path / "missing"), "--network", "coronary",
+                 "--networks-only", "--device", "cpu"]) != 0
+    assert not (tmp_path / "x" / "coronary.pt").exists()
+
+
 def test_cases_read_in_parallel_train_the_same_network(tmp_path):
     for seed in range(3):
         write_case_folder(tmp_path / "cohort" / f"case_{seed:03d}", seed)

@@ -17,7 +17,7 @@ from .coronary import Vessel, build_coronaries
 from .heart import Enhancement, build_heart
 from .layers import Layer
 from .materials import iodine_for_hu, nearest_kvp
-from .thorax import add_thorax_layers, build_body
+from .thorax import add_thorax_layers, build_body, move_spine_back
 
 #: Range of aortic lumen CT numbers (HU) drawn for each tube voltage (bolus timing varies).
 LUMEN_HU_RANGE = {80: (350.0, 650.0), 100: (300.0, 550.0), 120: (250.0, 450.0)}
@@ -91,6 +91,7 @@ def build_anatomy(rng: np.random.Generator, kvp: float, burden=None,
 
     thorax = build_body(rng)
     heart = build_heart(rng, thorax.sternum_y, thorax.spine_y, enhancement)
+    move_spine_back(thorax, heart.spine_y)
     tree = build_coronaries(rng, heart, enhancement)
     ventricles = heart.frame.ventricles
     heart_bottom = ventricles.center[2] - float(np.linalg.norm(ventricles.rotation[2]

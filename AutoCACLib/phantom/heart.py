@@ -46,6 +46,21 @@ DESCENDING_CLEARANCE_MM = 7.0
 #: Direction in which the descending aorta gives way to the heart: back and to the left, along
 #: the vertebral body's side.
 _GIVE_WAY = np.array([0.6, 0.8, 0.0])
+#: Half width (x) of the spine's front, mm: vertebral body and the heads of the ribs.
+SPINE_HALF_WIDTH_MM = 30.0
+#: Range of the room between the pericardium and the vertebral bodies, mm (oesophagus and
+#: periaortic fat lie in between; the heart never reaches into the spine).
+SPINE_CLEARANCE_MM = (6.0, 14.0)
+
+
+def _posterior_reach(parts, half_width: float, n: int = 4000) -> float:
+    """Largest y (most posterior point) of the ellipsoids' surfaces within |x| <= half_width;
+    -inf where none lies in that slab."""
+    u = np.random.default_rng(0).standard_normal((n, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    points = np.concatenate([p.center + (u * p.semi) @ p.rotation.T for p in parts])
+    front = points[np.abs(points[:, 0]) <= half_width]
+    return float(front[:, 1].max()) if len(front) else -np.inf
 
 
 def _descending_shift(control: np.ndarray, radii: np.ndarray, wall: float,
@@ -151,6 +166,9 @@ class Heart:
     sinus_radius : float
     hila : list of ndarray
         Right and left pulmonary hila (where lung vessels start).
+    spine_y : float
+        Anterior surface of the vertebral bodies: the thorax's, or further back where the
+        heart would otherwise reach into the spine.
     mitral_center : ndarray
     mitral_radius : float
     """
@@ -166,6 +184,7 @@ class Heart:
     root_axis: np.ndarray = None
     sinus_radius: float = 15.0
     hila: list = field(default_factory=list)
+    spine_y: float = 0.0
     mitral_center: np.ndarray = None
     mitral_radius: float = 14.0
 
@@ -180,7 +199,8 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
     sternum_y : float
         y of the sternum's posterior surface (anterior limit of the mediastinum).
     spine_y : float
-        y of the vertebral bodies' anterior surface.
+        y of the vertebral bodies' anterior surface; moved back (``Heart.spine_y``) where the
+        heart needs the room.
     enhancement : Enhancement
     """
     long_semi, radial_semi = rng.uniform(52, 64), rng.uniform(40, 49)
@@ -217,7 +237,7 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
         reach_along_e1 = float(np.sqrt(np.sum((np.abs(e1) * semi) ** 2)))
         return frame.axis_point(u_base - reach_along_e1 - 1.0) + side * lateral
 
-    la_semi = np.array([rng.uniform(28, 36), rng.uniform(17, 23), rng.uniform(20, 26)])
+    la_semi = np.array([rng.uniform(28, 36), rng.uniform(15, 20), rng.uniform(20, 26)])
     ra_semi = np.array([rng.uniform(22, 28), rng.uniform(20, 26), rng.uniform(26, 33)])
     la = Ellipsoid(beyond_base(la_semi, 1, 0.45 * radial_semi * b0), patient_axes, la_semi)
     ra = Ellipsoid(beyond_base(ra_semi, -1, 0.75 * radial_semi * b0), patient_axes, ra_semi)
@@ -229,6 +249,9 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
     # Pericardial sac and epicardial fat enclose ventricles and atria.
     fat = rng.uniform(1.5, 4.5)
     hearts_parts = [frame.ventricles, frame.lv_outer, la, ra]
+    back = _posterior_reach([p.grown(fat + 1.2) for p in hearts_parts], SPINE_HALF_WIDTH_MM)
+    spine_y = max(spine_y, back + rng.uniform(*SPINE_CLEARANCE_MM))
+    heart.spine_y = spine_y
     heart.envelope = [
         Layer("pericardium", Material("soft_tissue"), [p.grown(fat + 1.2) for p in hearts_parts]),
         Layer("epicardial fat", Material("fat"), [p.grown(fat) for p in hearts_parts]),

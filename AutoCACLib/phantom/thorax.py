@@ -34,6 +34,10 @@ class Thorax:
     sternum_y, spine_y : float
         Posterior surface of the sternum; anterior surface of the vertebral bodies.
     body_semi : ndarray (2,)
+    wall : float
+        Chest wall thickness (muscle), mm.
+    center_y : float
+        y of the body's and the cavity's centre.
     behind_heart : list of Layer
         Painted before the heart (body, lungs and their vessels, mediastinum, airways,
         abdomen).
@@ -46,8 +50,20 @@ class Thorax:
     sternum_y: float
     spine_y: float
     wall: float
+    center_y: float = 0.0
     behind_heart: list = field(default_factory=list)
     over_heart: list = field(default_factory=list)
+
+
+def move_spine_back(thorax: Thorax, spine_y: float) -> None:
+    """Deepen the thorax so that the vertebral bodies' front lies at ``spine_y`` or further
+    back; the sternum stays (the chest grows backwards)."""
+    deficit = spine_y - thorax.spine_y
+    if deficit > 0:
+        thorax.spine_y = float(spine_y)
+        thorax.center_y += deficit / 2
+        thorax.cavity_semi = thorax.cavity_semi + [0.0, deficit / 2]
+        thorax.body_semi = thorax.body_semi + [0.0, deficit / 2]
 
 
 def build_body(rng: np.random.Generator) -> Thorax:
@@ -59,7 +75,8 @@ def build_body(rng: np.random.Generator) -> Thorax:
     return Thorax(body, cavity, -cavity[1], cavity[1] - 22 - vertebra_depth / 2 - 14, wall)
 
 
-def _lung_vessel_tree(rng, hilum, lateral, cavity, lo_z, hi_z, radius) -> list[Tube]:
+def _lung_vessel_tree(rng, hilum, lateral, cavity, center_y, lo_z, hi_z, radius
+                      ) -> list[Tube]:
     """Random branching vessels from a hilum into one lung."""
     tubes = []
     stack = [(np.asarray(hilum, float), None, radius, 0)]
@@ -76,7 +93,7 @@ def _lung_vessel_tree(rng, hilum, lateral, cavity, lo_z, hi_z, radius) -> list[T
             length = rng.uniform(30, 50) * (0.75 ** depth)
             mid = start + 0.5 * length * d + rng.normal(0, 3, 3)
             end = start + length * d
-            inside = ((end[0] / (cavity[0] - 8)) ** 2 + (end[1] / (cavity[1] - 8)) ** 2 < 1
+            inside = ((end[0] / (cavity[0] - 8)) ** 2 + ((end[1] - center_y) / (cavity[1] - 8)) ** 2 < 1
                       and lo_z < end[2] < hi_z and np.sign(end[0]) == lateral)
             if not inside:
                 continue
@@ -92,15 +109,16 @@ def add_thorax_layers(rng: np.random.Generator, thorax: Thorax, heart_bottom_z: 
                       liver_iodine: float) -> None:
     """Fill ``thorax.behind_heart`` and ``thorax.over_heart``."""
     body, cavity, wall = thorax.body_semi, thorax.cavity_semi, thorax.wall
+    cy = thorax.center_y
     z_axes = np.eye(3)
     muscle, fat = Material("muscle"), Material("fat")
     lung = Material("lung", lung_vessel_iodine * 0.04)
     thorax.behind_heart = [
-        Layer("subcutaneous fat", fat, [Cylinder([0, 0, 0], z_axes, body, _LONG)]),
-        Layer("chest wall", muscle, [Cylinder([0, 0, 0], z_axes, cavity + wall, _LONG)]),
-        Layer("back muscles", muscle, [Cylinder([side * 32, cavity[1] + 6, 0], z_axes,
+        Layer("subcutaneous fat", fat, [Cylinder([0, cy, 0], z_axes, body, _LONG)]),
+        Layer("chest wall", muscle, [Cylinder([0, cy, 0], z_axes, cavity + wall, _LONG)]),
+        Layer("back muscles", muscle, [Cylinder([side * 32, cy + cavity[1] + 6, 0], z_axes,
                                                 [26, 22], _LONG) for side in (-1, 1)]),
-        Layer("lung", lung, [Cylinder([0, 0, 0], z_axes, cavity, _LONG)]),
+        Layer("lung", lung, [Cylinder([0, cy, 0], z_axes, cavity, _LONG)]),
     ]
     dome_r = heart_bottom_z + rng.uniform(-5, 12)
     dome_l = dome_r - rng.uniform(5, 20)
@@ -108,7 +126,7 @@ def add_thorax_layers(rng: np.random.Generator, thorax: Thorax, heart_bottom_z: 
     stomach_semi = np.array([rng.uniform(70, 90), rng.uniform(65, 80), rng.uniform(60, 75)])
     mediastinum_x = rng.uniform(28, 42)
     thorax.behind_heart += [
-        Layer("mediastinal fat", fat, [Cylinder([rng.uniform(2, 10), -4, 0], z_axes,
+        Layer("mediastinal fat", fat, [Cylinder([rng.uniform(2, 10), cy - 4, 0], z_axes,
                                                 [mediastinum_x, cavity[1] - 2], _LONG)]),
         Layer("liver", Material("liver", liver_iodine),
               [Ellipsoid([-rng.uniform(25, 45), 5, dome_r - liver_semi[2]], z_axes, liver_semi)]),
@@ -139,14 +157,14 @@ def add_thorax_layers(rng: np.random.Generator, thorax: Thorax, heart_bottom_z: 
     for z in levels:
         for side in (-1, 1):
             phi = np.linspace(0.12 * np.pi, 0.86 * np.pi, 24)
-            pts = np.stack([side * ring[0] * np.sin(phi), ring[1] * np.cos(phi),
+            pts = np.stack([side * ring[0] * np.sin(phi), cy + ring[1] * np.cos(phi),
                             z + 8 - drop * (phi / np.pi) ** 1.4], axis=1)
             ribs.append(Tube.through(pts, rib_radius, 1.0))
             phi_c = np.linspace(0.86 * np.pi, 0.96 * np.pi, 5)
-            pts_c = np.stack([side * ring[0] * np.sin(phi_c), ring[1] * np.cos(phi_c),
+            pts_c = np.stack([side * ring[0] * np.sin(phi_c), cy + ring[1] * np.cos(phi_c),
                               z + 8 - drop * (phi_c / np.pi) ** 1.4], axis=1)
             cartilage.append(Tube.through(pts_c, rib_radius * 0.9, 1.0))
-    sternum = Cylinder([0, -(cavity[1] + wall / 2), heart_bottom_z + 75], z_axes,
+    sternum = Cylinder([0, cy - (cavity[1] + wall / 2), heart_bottom_z + 75], z_axes,
                        [rng.uniform(14, 20), rng.uniform(5, 7)], rng.uniform(90, 110))
 
     trachea_x = rng.uniform(-4, 4)
@@ -160,7 +178,8 @@ def add_thorax_layers(rng: np.random.Generator, thorax: Thorax, heart_bottom_z: 
 
     vessels = []
     for hilum, lateral in zip(hila, (-1, 1)):
-        vessels += _lung_vessel_tree(rng, hilum, lateral, cavity, lo, hi, rng.uniform(4.5, 6.0))
+        vessels += _lung_vessel_tree(rng, hilum, lateral, cavity, cy, lo, hi,
+                                     rng.uniform(4.5, 6.0))
 
     thorax.behind_heart += [
         Layer("lung vessels", Material("blood", lung_vessel_iodine), vessels),
