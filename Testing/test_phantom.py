@@ -240,3 +240,25 @@ def test_overrides_are_checked():
         make_case(1, "small", colour="red")
     with pytest.raises(ValueError):
         make_case(1, "tiny")
+
+
+def test_touching_reference_regions_go_to_the_nearest_plaque():
+    # Two plaques of different vessels 3 mm apart, each with a 2.5 mm region margin: the
+    # voxels between them belong to the nearer one whatever the painting order (the later
+    # vessel used to take the whole overlap, so an LM plaque's blooming was scored as LAD).
+    from AutoCACLib.phantom.render import Canvas, Grid
+    from AutoCACLib.phantom.shapes import Ellipsoid
+
+    grid = Grid((12, 40, 40), (0.5, 0.5, 0.5), [-10.0, -10.0, -3.0])
+    spheres = {1: Ellipsoid([-2.3, 0, 0], np.eye(3), [1.0] * 3),   # midway at x = 0.2
+               2: Ellipsoid([2.7, 0, 0], np.eye(3), [1.0] * 3)}
+    maps = []
+    for order in ((1, 2), (2, 1)):
+        canvas = Canvas(grid, -1000.0)
+        for value in order:
+            canvas.paint([spheres[value]], 600.0, region_value=value, region_margin=2.5)
+        maps.append(canvas.regions)
+    np.testing.assert_array_equal(maps[0], maps[1])
+    x = grid.origin[0] + np.arange(40) * 0.5
+    row = maps[0][6, 20]
+    assert set(row[(x > -3.2) & (x < 0.2)]) == {1} and set(row[(x > 0.2) & (x < 3.6)]) == {2}

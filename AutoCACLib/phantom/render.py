@@ -108,7 +108,9 @@ class Canvas:
         Index of the last layer whose surface encloses the voxel centre (0: background).
     regions : ndarray uint8
         Values of layers painted with a region value, where the voxel lies within the
-        layer's region margin (for dilated truth regions).
+        layer's region margin (for dilated truth regions); where the margins of several
+        layers meet, the voxel takes the value of the nearest one (a plaque's blooming is
+        scored with its own vessel, whatever the painting order).
     """
 
     def __init__(self, grid: Grid, background_hu: float):
@@ -119,10 +121,11 @@ class Canvas:
         self.ramp = grid.voxel_size
         self._sdf = np.full(grid.shape, np.inf, dtype=np.float32)
         self._scale = np.ones(grid.shape, dtype=np.float32)
+        self._region_sdf = None  # distance to the nearest region layer (made on first use)
 
     def release(self) -> None:
         """Free the work buffers (painting is finished)."""
-        self._sdf = self._scale = None
+        self._sdf = self._scale = self._region_sdf = None
 
     def paint(self, shapes, hu: float, iodine_hu: float = 0.0, tissue_id: int = 0,
               region_value: int = 0, region_margin: float = 0.0) -> None:
@@ -182,4 +185,9 @@ class Canvas:
         target += alpha * (value - target)
         self.tissue[box][sdf <= 0] = tissue_id
         if region_value:
-            self.regions[box][sdf <= region_margin] = region_value
+            if self._region_sdf is None:
+                self._region_sdf = np.full(self.grid.shape, np.inf, dtype=np.float32)
+            nearest = self._region_sdf[box]
+            closer = (sdf <= region_margin) & (sdf < nearest)
+            self.regions[box][closer] = region_value
+            nearest[closer] = sdf[closer]
