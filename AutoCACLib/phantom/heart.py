@@ -249,11 +249,12 @@ def build_heart(rng: np.random.Generator, sternum_y: float, spine_y: float,
     # Pericardial sac and epicardial fat enclose ventricles and atria.
     fat = rng.uniform(1.5, 4.5)
     hearts_parts = [frame.ventricles, frame.lv_outer, la, ra]
-    back = _posterior_reach([p.grown(fat + 1.2) for p in hearts_parts], SPINE_HALF_WIDTH_MM)
+    pericardium = [p.grown(fat + 1.2) for p in hearts_parts]
+    back = _posterior_reach(pericardium, SPINE_HALF_WIDTH_MM)
     spine_y = max(spine_y, back + rng.uniform(*SPINE_CLEARANCE_MM))
     heart.spine_y = spine_y
     heart.envelope = [
-        Layer("pericardium", Material("soft_tissue"), [p.grown(fat + 1.2) for p in hearts_parts]),
+        Layer("pericardium", Material("soft_tissue"), pericardium),
         Layer("epicardial fat", Material("fat"), [p.grown(fat) for p in hearts_parts]),
     ]
     papillary = [Ellipsoid(lv_cavity.center + e1 * 0.3 * long_semi + lv_cavity.semi[1] * 0.8

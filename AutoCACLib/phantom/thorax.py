@@ -93,7 +93,8 @@ def _lung_vessel_tree(rng, hilum, lateral, cavity, center_y, lo_z, hi_z, radius
             length = rng.uniform(30, 50) * (0.75 ** depth)
             mid = start + 0.5 * length * d + rng.normal(0, 3, 3)
             end = start + length * d
-            inside = ((end[0] / (cavity[0] - 8)) ** 2 + ((end[1] - center_y) / (cavity[1] - 8)) ** 2 < 1
+            inside = ((end[0] / (cavity[0] - 8)) ** 2
+                      + ((end[1] - center_y) / (cavity[1] - 8)) ** 2 < 1
                       and lo_z < end[2] < hi_z and np.sign(end[0]) == lateral)
             if not inside:
                 continue
