@@ -295,7 +295,7 @@ def stored_slices(lesions: list[dict], warnings: list[str], change: Reorientatio
     """Renumber (in place) lesions found on the axial grid of
     :func:`AutoCACLib.volume.to_axial_lps` by the image's stored slices, when those are axial
     (``n_slices`` of them); otherwise add :data:`NOT_AXIAL_WARNING` to ``warnings``."""
-    if change.axes[0] != 0:
+    if not change.slices_axial:
         warnings.append(NOT_AXIAL_WARNING)
     elif change.flips[0]:
         for lesion in lesions:

@@ -474,10 +474,10 @@ def _calcium_crop(volume: Volume, chunks) -> tuple[Volume, np.ndarray, int]:
     coronal or sagittal slices is kept whole (it is scored on its axial slices)."""
     if not chunks:
         return volume.with_array(volume.array[:1, :1, :1]), np.zeros((1, 1, 1), np.uint8), 0
-    index = np.concatenate([i for i, _ in chunks])
-    zyx = np.unravel_index(index, volume.shape)
-    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in zyx)
-    if axial_reorientation(volume.direction).axes[0] != 0:
+    if axial_reorientation(volume.direction).slices_axial:
+        zyx = np.unravel_index(np.concatenate([i for i, _ in chunks]), volume.shape)
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in zyx)
+    else:
         box = tuple(slice(0, n) for n in volume.shape)
     labels = np.zeros([b.stop - b.start for b in box], dtype=np.uint8)
     for i, values in chunks:

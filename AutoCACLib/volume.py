@@ -133,6 +133,11 @@ class Reorientation:
     def identity(self) -> bool:
         return self.axes == (0, 1, 2) and not any(self.flips)
 
+    @property
+    def slices_axial(self) -> bool:
+        """Whether the stored slices (old array axis 0) already were the axial slices."""
+        return self.axes[0] == 0
+
     def _reverse(self, array: np.ndarray) -> np.ndarray:
         return array[tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
 
