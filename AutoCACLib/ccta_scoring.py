@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium
-from .structuring import bounding_box
 
 
 @dataclass(frozen=True)
@@ -128,14 +128,28 @@ DEFAULT_GRID = {
 }
 
 
-def _crop(case: CctaCase) -> CctaCase:
-    """The case restricted to the bounding box of its calcium (scores are unchanged)."""
-    found = case.calcium_labels > 0
-    if not found.any():
+def _compact(case: CctaCase) -> CctaCase:
+    """The case reduced to its calcium: each connected calcium region (26-neighbourhood)
+    cropped to its box, the crops stacked along z with an empty slice between them. Only
+    voxels inside the regions are scored and no lesion can join two regions, so every score
+    is unchanged; a fit scores each case hundreds of times, and the stack is a small
+    fraction of the image."""
+    regions, n = ndimage.label(case.calcium_labels > 0, np.ones((3, 3, 3), bool))
+    if n == 0:
         return case
-    box = bounding_box(found)
-    return dataclasses.replace(case, image=case.image[box],
-                               calcium_labels=case.calcium_labels[box])
+    crops = []
+    for index, box in enumerate(ndimage.find_objects(regions), start=1):
+        crops.append((case.image[box], np.where(regions[box] == index,
+                                                case.calcium_labels[box], 0)))
+    rows = max(image.shape[1] for image, _ in crops)
+    cols = max(image.shape[2] for image, _ in crops)
+    images, labels = [], []
+    for image, label in crops:
+        pad = ((0, 1), (0, rows - image.shape[1]), (0, cols - image.shape[2]))
+        images.append(np.pad(image, pad))
+        labels.append(np.pad(label, pad))
+    return dataclasses.replace(case, image=np.concatenate(images),
+                               calcium_labels=np.concatenate(labels))
 
 
 def ccta_agatston(case: CctaCase, params: CctaScoringParams,
@@ -188,8 +202,8 @@ def fit_ccta_scoring(cases: Sequence[CctaCase], start: CctaScoringParams = CctaS
         The fitted parameters and their :func:`scoring_loss`.
     """
     grid = DEFAULT_GRID if grid is None else grid
-    cropped = [_crop(c) for c in cases]
-    best, best_loss = start, scoring_loss(cropped, start, base)
+    compact = [_compact(c) for c in cases]
+    best, best_loss = start, scoring_loss(compact, start, base)
     for r in range(rounds):
         changed = False
         for name, values in grid.items():
@@ -197,7 +211,7 @@ def fit_ccta_scoring(cases: Sequence[CctaCase], start: CctaScoringParams = CctaS
                 trial = dataclasses.replace(best, **{name: float(value)})
                 if trial == best:
                     continue
-                loss = scoring_loss(cropped, trial, base)
+                loss = scoring_loss(compact, trial, base)
                 if loss < best_loss - 1e-12:
                     best, best_loss, changed = trial, loss, True
         if progress is not None:

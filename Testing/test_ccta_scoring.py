@@ -72,3 +72,23 @@ def test_fit_recovers_a_known_scaling():
     assert scoring_loss(held_out, fitted) < 0.25 * scoring_loss(held_out, start)
     assert ccta_agatston(held_out[0], fitted) == pytest.approx(held_out[0].reference_agatston,
                                                                rel=0.25)
+
+
+def test_fit_scores_each_case_as_the_full_image_does():
+    """The fit works on the calcium regions only (:func:`_compact`); every score it sees,
+    under any parameters, is the full image's."""
+    from AutoCACLib.ccta_scoring import _compact
+
+    cases = _synthetic_cases(12, CctaScoringParams(offset_fraction=0.2), seed=3)
+    # Two regions of different vessels touching diagonally, and one far away.
+    touching = cases[0]
+    touching.calcium_labels[10, 30, 30] = 4
+    touching.calcium_labels[11, 31, 31] = 2
+    touching.image[10:12, 30:32, 30:32] = 900.0
+    for case in cases:
+        compact = _compact(case)
+        assert compact.image.size < case.image.size
+        for params in (CctaScoringParams(), CctaScoringParams(offset_fraction=0.4),
+                       CctaScoringParams(kvp_exponent=2.0, agatston_scale=1.7)):
+            assert ccta_agatston(compact, params) == pytest.approx(ccta_agatston(case, params),
+                                                                   abs=1e-9)
