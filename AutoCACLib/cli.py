@@ -171,6 +171,9 @@ def _cmd_train(args) -> int:
         raise InputError("--learning-rate must be above 0")
     if args.init_from is not None and args.fit_only:
         raise InputError("--init-from starts network training; it cannot go with --fit-only")
+    if args.keep_detection and args.networks_only:
+        raise InputError("--keep-detection is part of the fitting step; it cannot go with "
+                         "--networks-only")
     if not args.fit_only:
         from .training import LEARNING_RATE, train_models
 
@@ -185,7 +188,8 @@ def _cmd_train(args) -> int:
         from .pipeline_training import fit_pipeline
 
         report["fit"] = fit_pipeline(args.sources, args.out, device=args.device, seed=args.seed,
-                                     progress=TerminalProgress())
+                                     progress=TerminalProgress(),
+                                     keep_detection=args.keep_detection)
     write_json(report, Path(args.out) / "training_report.json")
     print(f"models written to {args.out}")
     return 0
@@ -271,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--networks-only", action="store_true", help="skip the fitting step")
     g.add_argument("--fit-only", action="store_true",
                    help="only fit calibration and scoring (networks already in DIR)")
+    p.add_argument("--keep-detection", action="store_true",
+                   help="fitting step: keep the calcium-detection parameters already in DIR "
+                        "and start the scoring search from its scoring parameters (refits "
+                        "calibration and scoring only; much faster on a large cohort)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("score", help="score the calcium inside a (hand-edited) segmentation",

@@ -38,6 +38,7 @@ from .calibration import AortaFeatures, CalibrationModel, aorta_features, train_
 from .ccta_scoring import (CctaCase, CctaScoringParams, ccta_scoring_settings,
                            fit_ccta_scoring)
 from .centerlines import Centerline, vessel_centerlines
+from .errors import InputError
 from .pipeline import CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARAMS_FILE
 from .scoring import ScoringSettings, score_calcium
 from .segments import AORTA_LABEL, VESSEL_LABEL, VESSELS
@@ -60,6 +61,7 @@ SCORING_GRID = {
     "offset_fraction": tuple(np.round(np.linspace(-0.2, 1.4, 17), 3)),
     "kvp_exponent": tuple(np.round(np.linspace(0.0, 2.0, 9), 3)),
     "agatston_scale": tuple(np.round(np.geomspace(0.5, 3.0, 13), 3)),
+    "cf_exponent": tuple(np.round(np.linspace(-1.0, 1.5, 11), 3)),
 }
 
 #: Score scales tried for the volume (after the Agatston fit).
@@ -265,6 +267,7 @@ def fit_calcium_and_scoring(cases: Sequence, masks_from: MaskSource = "truth",
                             calibration_model: CalibrationModel | None = None,
                             calcium_grid: dict | None = None, scoring_grid: dict | None = None,
                             start: CalciumParams = CalciumParams(), rounds: int = 2,
+                            scoring_start: CctaScoringParams = CctaScoringParams(),
                             base: ScoringSettings = ScoringSettings(),
                             report: FitReport | None = None,
                             progress: Callable[[str], None] | None = None
@@ -287,8 +290,11 @@ def fit_calcium_and_scoring(cases: Sequence, masks_from: MaskSource = "truth",
     calcium_grid, scoring_grid : dict, optional
         Parameter -> values (defaults :data:`CALCIUM_GRID`, :data:`SCORING_GRID`).
     start : CalciumParams
-        Starting point of the search; parameters not in the grid keep its values.
+        Starting point of the search; parameters not in the grid keep its values (an empty
+        grid fits the scoring for ``start`` alone).
     rounds : int
+    scoring_start : CctaScoringParams
+        Starting point of each candidate's scoring search.
     base : ScoringSettings
         The CSCT conventions of the reference scores.
     report : FitReport, optional
@@ -312,7 +318,8 @@ def fit_calcium_and_scoring(cases: Sequence, masks_from: MaskSource = "truth",
             detections = [detect_case(c, params, f) for c, f in zip(prepared, factors)]
             ccta_cases = [CctaCase(c.image, d, c.spacing, f, c.kvp, c.reference_agatston)
                           for c, d, f in zip(prepared, detections, factors)]
-            scoring, loss = fit_ccta_scoring(ccta_cases, grid=scoring_grid, rounds=3, base=base)
+            scoring, loss = fit_ccta_scoring(ccta_cases, start=scoring_start, grid=scoring_grid,
+                                             rounds=3, base=base)
             tried[params] = (loss, scoring, detections)
             report.trials.append((dataclasses.asdict(params), loss))
             if progress is not None:
@@ -443,11 +450,13 @@ def network_segmenter(models: dict, device: str = "auto") -> Segmenter:
 
 def fit_pipeline(sources, out_dir: str | Path, device: str = "auto", seed: int = 0,
                  progress: Callable[[str, float], None] | None = None,
-                 calcium_grid: dict | None = None, rounds: int = 1) -> dict:
+                 calcium_grid: dict | None = None, rounds: int = 1,
+                 keep_detection: bool = False) -> dict:
     """``autocac train``'s fitting step: calibration, calcium and scoring on network masks.
 
     The networks already in ``out_dir`` segment each training case (so the fit sees the
-    masks the pipeline will see); the three fitted files are written beside them.
+    masks the pipeline will see); the three fitted files are written beside them by
+    :func:`fit_prepared`.
 
     Returns
     -------
@@ -467,14 +476,58 @@ def fit_pipeline(sources, out_dir: str | Path, device: str = "auto", seed: int =
     for i, folder in enumerate(folders):
         progress(f"fit: segmenting {folder.name}", 0.6 * i / len(folders))
         cases.append(prepare_case(folder, segment))
+    if len({c.name for c in cases}) < len(cases):  # cohorts with the same case names
+        for case, folder in zip(cases, folders):
+            case.name = f"{folder.parent.name}/{folder.name}"
+    return fit_prepared(cases, out_dir, seed=seed, progress=progress,
+                        calcium_grid=calcium_grid, rounds=rounds,
+                        keep_detection=keep_detection, started=t0)
+
+
+def fit_prepared(cases: Sequence[TrainingCase], out_dir: str | Path, seed: int = 0,
+                 progress: Callable[[str, float], None] | None = None,
+                 calcium_grid: dict | None = None, rounds: int = 1,
+                 keep_detection: bool = False, started: float | None = None) -> dict:
+    """Fit calibration, calcium and scoring on prepared cases; write them into ``out_dir``.
+
+    Parameters
+    ----------
+    cases : sequence of TrainingCase
+        Prepared with the masks of the networks in ``out_dir`` (:func:`fit_pipeline`).
+    keep_detection : bool
+        Keep the calcium-detection parameters already in ``out_dir`` and start the scoring
+        search from its scoring parameters: only calibration and scoring are refitted (no
+        detection grid: several times faster on a large cohort).
+    started : float, optional
+        ``time.perf_counter()`` when the work began (for the recorded runtime).
+
+    Returns
+    -------
+    dict
+        As :func:`fit_pipeline`.
+    """
+    progress = progress or (lambda message, fraction: None)
+    t0 = time.perf_counter() if started is None else started
     progress("fit: calibration", 0.6)
     calibration = fit_calibration(cases, seed=seed)
+    start, scoring_start = CalciumParams(), CctaScoringParams()
+    if keep_detection:
+        missing = [f for f in (CALCIUM_PARAMS_FILE, SCORING_PARAMS_FILE)
+                   if not (Path(out_dir) / f).is_file()]
+        if missing:
+            raise InputError(f"keeping the detection parameters needs {' and '.join(missing)} "
+                             f"in {out_dir} (copy a models folder there first)")
+        _, start, scoring_start = load_fitted(out_dir)
+        calcium_grid = {}
     calcium, scoring = fit_calcium_and_scoring(
         cases, calibration_model=calibration, calcium_grid=calcium_grid, rounds=rounds,
+        start=start, scoring_start=scoring_start,
         progress=lambda message: progress(f"fit {message}", 0.7))
     rows, stats = evaluate_cases(cases, calibration, calcium, scoring)
     meta = {"cases": [c.name for c in cases], "masks": "trained networks + post-processing",
             "seed": seed, "runtime_s": round(time.perf_counter() - t0, 1),
+            "detection": "kept, scoring search started from the previous fit" if keep_detection
+            else "fitted",
             "training_agreement": {k: stats.get(k) for k in ("n", "ccc", "kappa_linear",
                                                              "accuracy")}}
     save_fitted(out_dir, calibration, calcium, scoring, meta)

@@ -14,8 +14,9 @@ from AutoCACLib.centerlines import vessel_centerlines
 from AutoCACLib.pipeline import (CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE,
                                  SCORING_PARAMS_FILE)
 from AutoCACLib.pipeline_training import (FitReport, TrainingCase, case_scores, detect_case,
-                                          evaluate_cases, fit_calcium_and_scoring, load_fitted,
-                                          save_fitted)
+                                          evaluate_cases, fit_calcium_and_scoring, fit_prepared,
+                                          load_fitted, save_fitted)
+from AutoCACLib.errors import InputError
 from AutoCACLib.segments import VESSEL_LABEL
 
 SPACING = (0.5, 0.4, 0.4)
@@ -72,6 +73,31 @@ def test_fit_recovers_a_known_score_scale():
     for row in rows:
         assert row["ccta_agatston"] == pytest.approx(row["reference_agatston"], rel=0.2)
     assert stats["ccc"] > 0.9
+
+
+def test_refit_keeping_the_detection_parameters(tmp_path, capsys):
+    """``autocac train --fit-only --keep-detection``: the calcium parameters in the models
+    folder stay, the calibration and scoring are refitted from its scoring parameters."""
+    cases = [_training_case(seed, scale=1.8) for seed in range(4)]
+    with pytest.raises(InputError, match="calcium.json and ccta_scoring.json"):
+        fit_prepared(cases, tmp_path, keep_detection=True)
+    rng = np.random.default_rng(0)
+    features = rng.normal(300, 50, (12, len(FEATURE_NAMES)))
+    kept = CalciumParams(min_volume_mm3=0.25)
+    save_fitted(tmp_path, train_calibration(features, features[:, 0], n_estimators=5), kept,
+                CctaScoringParams(agatston_scale=1.0), {"cases": ["old"]})
+    result = fit_prepared(cases, tmp_path, keep_detection=True)
+    _, calcium, scoring = load_fitted(tmp_path)
+    assert calcium == kept and result["detection"].startswith("kept")
+    assert scoring.agatston_scale == pytest.approx(1.8, rel=0.1)
+    assert result["training_agreement"]["ccc"] > 0.9
+    assert json.loads((tmp_path / SCORING_PARAMS_FILE).read_text())["training"]["cases"] == [
+        c.name for c in cases]
+    from AutoCACLib.cli import main
+
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "x"), "--networks-only",
+                 "--keep-detection"]) != 0
+    assert "cannot go with --networks-only" in capsys.readouterr().err
 
 
 def test_fitted_files_round_trip_in_the_loaders_format(tmp_path):
