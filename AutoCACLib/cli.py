@@ -174,6 +174,10 @@ def _cmd_train(args) -> int:
     if args.keep_detection and args.networks_only:
         raise InputError("--keep-detection is part of the fitting step; it cannot go with "
                          "--networks-only")
+    if args.keep_detection:
+        from .pipeline_training import check_kept_parameters
+
+        check_kept_parameters(args.out)  # before any network training
     if not args.fit_only:
         from .training import LEARNING_RATE, train_models
 

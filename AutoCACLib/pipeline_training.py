@@ -484,6 +484,16 @@ def fit_pipeline(sources, out_dir: str | Path, device: str = "auto", seed: int =
                         keep_detection=keep_detection, started=t0)
 
 
+def check_kept_parameters(out_dir: str | Path) -> None:
+    """Raise :class:`InputError` unless ``out_dir`` holds the calcium and scoring parameters
+    that a fit keeping the detection parameters starts from."""
+    missing = [f for f in (CALCIUM_PARAMS_FILE, SCORING_PARAMS_FILE)
+               if not (Path(out_dir) / f).is_file()]
+    if missing:
+        raise InputError(f"keeping the detection parameters needs {' and '.join(missing)} in "
+                         f"{out_dir} (copy a models folder there first)")
+
+
 def fit_prepared(cases: Sequence[TrainingCase], out_dir: str | Path, seed: int = 0,
                  progress: Callable[[str, float], None] | None = None,
                  calcium_grid: dict | None = None, rounds: int = 1,
@@ -512,11 +522,7 @@ def fit_prepared(cases: Sequence[TrainingCase], out_dir: str | Path, seed: int =
     calibration = fit_calibration(cases, seed=seed)
     start, scoring_start = CalciumParams(), CctaScoringParams()
     if keep_detection:
-        missing = [f for f in (CALCIUM_PARAMS_FILE, SCORING_PARAMS_FILE)
-                   if not (Path(out_dir) / f).is_file()]
-        if missing:
-            raise InputError(f"keeping the detection parameters needs {' and '.join(missing)} "
-                             f"in {out_dir} (copy a models folder there first)")
+        check_kept_parameters(out_dir)
         _, start, scoring_start = load_fitted(out_dir)
         calcium_grid = {}
     calcium, scoring = fit_calcium_and_scoring(

@@ -98,6 +98,10 @@ def test_refit_keeping_the_detection_parameters(tmp_path, capsys):
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "x"), "--networks-only",
                  "--keep-detection"]) != 0
     assert "cannot go with --networks-only" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "new"),
+                 "--keep-detection"]) != 0
+    assert "needs calcium.json and ccta_scoring.json" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # refused before training anything
 
 
 def test_fitted_files_round_trip_in_the_loaders_format(tmp_path):
