@@ -229,12 +229,17 @@ def case_calibration_factor(case: TrainingCase, model: CalibrationModel | None) 
     return float(model.predict(case.features)[0])
 
 
-def detect_case(case: TrainingCase, params: CalciumParams, calibration_factor: float
-                ) -> np.ndarray:
-    """Calcium labels (1..4) of a prepared case under ``params``."""
+def detect_case(case: TrainingCase, params: CalciumParams, calibration_factor: float,
+                keep_cache: bool = True) -> np.ndarray:
+    """Calcium labels (1..4) of a prepared case under ``params``.
+
+    ``keep_cache`` keeps the threshold-free work in ``case.detect_cache`` for the next
+    candidate (several times the crop's memory per case; a single candidate needs none).
+    """
+    cache = case.detect_cache if keep_cache else None
     return detect_calcium(case.image, case.spacing, case.vessel_labels, case.centerlines,
                           calibration_factor, aorta_mask=case.aorta, params=params,
-                          cache=case.detect_cache).labels
+                          cache=cache).labels
 
 
 def case_scores(case: TrainingCase, calcium: np.ndarray, calibration_factor: float,
@@ -311,34 +316,39 @@ def fit_calcium_and_scoring(cases: Sequence, masks_from: MaskSource = "truth",
     scoring_grid = SCORING_GRID if scoring_grid is None else scoring_grid
     factors = [case_calibration_factor(c, calibration_model) for c in prepared]
     report = report if report is not None else FitReport()
-    tried: dict[CalciumParams, tuple[float, CctaScoringParams, list]] = {}
+    searching = any(len(values) for values in calcium_grid.values())
+    tried: dict[CalciumParams, tuple[float, CctaScoringParams]] = {}
 
-    def evaluate(params: CalciumParams):
-        if params not in tried:
-            detections = [detect_case(c, params, f) for c, f in zip(prepared, factors)]
-            ccta_cases = [CctaCase(c.image, d, c.spacing, f, c.kvp, c.reference_agatston)
-                          for c, d, f in zip(prepared, detections, factors)]
-            scoring, loss = fit_ccta_scoring(ccta_cases, start=scoring_start, grid=scoring_grid,
-                                             rounds=3, base=base)
-            tried[params] = (loss, scoring, detections)
-            report.trials.append((dataclasses.asdict(params), loss))
-            if progress is not None:
-                progress(f"calcium {_changed(params, start)}: loss {loss:.4f}")
-        return tried[params][0]
+    def evaluate(params: CalciumParams) -> tuple[float, list | None]:
+        """The candidate's loss, and its detections when it was not tried before (only the
+        best candidate's detections are kept: they take the crops' size per case)."""
+        if params in tried:
+            return tried[params][0], None
+        detections = [detect_case(c, params, f, keep_cache=searching)
+                      for c, f in zip(prepared, factors)]
+        ccta_cases = [CctaCase(c.image, d, c.spacing, f, c.kvp, c.reference_agatston)
+                      for c, d, f in zip(prepared, detections, factors)]
+        scoring, loss = fit_ccta_scoring(ccta_cases, start=scoring_start, grid=scoring_grid,
+                                         rounds=3, base=base)
+        tried[params] = (loss, scoring)
+        report.trials.append((dataclasses.asdict(params), loss))
+        if progress is not None:
+            progress(f"calcium {_changed(params, start)}: loss {loss:.4f}")
+        return loss, detections
 
     best = start
-    best_loss = evaluate(best)
+    best_loss, detections = evaluate(best)
     for _ in range(rounds):
         changed = False
         for name, values in calcium_grid.items():
             for value in values:
                 trial = dataclasses.replace(best, **{name: float(value)})
-                loss = evaluate(trial)
-                if loss < best_loss - 1e-9:
-                    best, best_loss, changed = trial, loss, True
+                loss, trial_detections = evaluate(trial)
+                if loss < best_loss - 1e-9:  # a candidate tried before never is
+                    best, best_loss, detections, changed = trial, loss, trial_detections, True
         if not changed:
             break
-    _, scoring, detections = tried[best]
+    scoring = tried[best][1]
     scoring = _fit_volume_scale(prepared, detections, factors, scoring)
     report.loss = best_loss
     report.seconds = time.perf_counter() - t0
@@ -371,7 +381,8 @@ def evaluate_cases(cases: Sequence, calibration_model: CalibrationModel | None,
     for case in _prepared(cases, masks_from):
         factor = case_calibration_factor(case, calibration_model)
         t0 = time.perf_counter()
-        detection = detect_case(case, calcium, factor)
+        # Reuses the threshold-free work a calcium search left in the case, if any.
+        detection = detect_case(case, calcium, factor, keep_cache=bool(case.detect_cache))
         seconds = time.perf_counter() - t0
         agatston, volume = case_scores(case, detection, factor, scoring, base)
         rows.append({"case": case.name, "kvp": case.kvp,
