@@ -91,6 +91,12 @@ def _failed(volume, reason, timings, warnings, inputs, labels=None, details=None
     return PipelineResult(labels, doc, details or {})
 
 
+def read_params_file(path: str | Path, params_class):
+    """The ``params_class`` dataclass held in a fitted parameters file (``calcium.json``,
+    ``ccta_scoring.json``: ``{"params": {fields}, "training": ...}``)."""
+    return params_class(**json.loads(Path(path).read_text())["params"])
+
+
 def load_pipeline_models(models_dir: str | Path | None = None, device: str = "auto") -> dict:
     """Load everything the pipeline needs from the models folder (no download ever)."""
     from .calcium import CalciumParams
@@ -106,9 +112,9 @@ def load_pipeline_models(models_dir: str | Path | None = None, device: str = "au
     return {
         "networks": models,
         "calibration": CalibrationModel.load(cal) if cal.exists() else None,
-        "scoring": CctaScoringParams(**json.loads(scoring.read_text())["params"])
+        "scoring": read_params_file(scoring, CctaScoringParams)
         if scoring.exists() else CctaScoringParams(),
-        "calcium": CalciumParams(**json.loads(calcium.read_text())["params"])
+        "calcium": read_params_file(calcium, CalciumParams)
         if calcium.exists() else CalciumParams(),
     }
 

@@ -39,7 +39,8 @@ from .ccta_scoring import (CctaCase, CctaScoringParams, ccta_scoring_settings,
                            fit_ccta_scoring)
 from .centerlines import Centerline, vessel_centerlines
 from .errors import InputError
-from .pipeline import CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARAMS_FILE
+from .pipeline import (CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARAMS_FILE,
+                       read_params_file)
 from .scoring import ScoringSettings, score_calcium
 from .segments import AORTA_LABEL, VESSEL_LABEL, VESSELS
 from .structuring import bounding_box
@@ -430,10 +431,9 @@ def save_fitted(out_dir: str | Path, calibration_model: CalibrationModel,
 def load_fitted(folder: str | Path) -> tuple[CalibrationModel, CalciumParams, CctaScoringParams]:
     """Read the three files written by :func:`save_fitted` (the loader's format)."""
     folder = Path(folder)
-    calcium = json.loads((folder / CALCIUM_PARAMS_FILE).read_text())["params"]
-    scoring = json.loads((folder / SCORING_PARAMS_FILE).read_text())["params"]
-    return (CalibrationModel.load(folder / CALIBRATION_MODEL_FILE), CalciumParams(**calcium),
-            CctaScoringParams(**scoring))
+    return (CalibrationModel.load(folder / CALIBRATION_MODEL_FILE),
+            read_params_file(folder / CALCIUM_PARAMS_FILE, CalciumParams),
+            read_params_file(folder / SCORING_PARAMS_FILE, CctaScoringParams))
 
 
 def case_folders(sources) -> list[Path]:
@@ -534,7 +534,9 @@ def fit_prepared(cases: Sequence[TrainingCase], out_dir: str | Path, seed: int =
     start, scoring_start = CalciumParams(), CctaScoringParams()
     if keep_detection:
         check_kept_parameters(out_dir)
-        _, start, scoring_start = load_fitted(out_dir)
+        start = read_params_file(Path(out_dir) / CALCIUM_PARAMS_FILE, CalciumParams)
+        scoring_start = read_params_file(Path(out_dir) / SCORING_PARAMS_FILE,
+                                         CctaScoringParams)
         calcium_grid = {}
     calcium, scoring = fit_calcium_and_scoring(
         cases, calibration_model=calibration, calcium_grid=calcium_grid, rounds=rounds,
