@@ -1,5 +1,6 @@
 """The command line as a user runs it: JSON out, one-line errors, exit codes."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -83,12 +84,26 @@ def test_agreement_command(tmp_path):
     assert doc["ccc"] > 0.95
 
 
-def test_phantom_command_writes_cases(tmp_path):
-    r = autocac("phantom", tmp_path / "cohort", "--n", "1", "--seed", "3", "--size", "small")
+def test_phantom_and_rescan_commands(tmp_path):
+    r = autocac("phantom", tmp_path / "cohort", "--n", "2", "--seed", "3", "--size", "small")
     assert r.returncode == 0, r.stderr
     case = tmp_path / "cohort" / "case_000"
     for name in ("ccta.nrrd", "csct.nrrd", "labels.seg.nrrd", "truth.json"):
         assert (case / name).is_file(), name
-    assert "[1/1]" in r.stderr
+    assert "[2/2]" in r.stderr
     r = autocac("phantom", tmp_path / "c2", "--n", "0")
     assert r.returncode == 2 and "--n" in r.stderr
+
+    r = autocac("rescan", tmp_path / "cohort", "--out", tmp_path / "rescan")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "rescan" / "rescan.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["case"] for row in rows] == ["case_000", "case_001"]
+    for row in rows:
+        truth = json.loads((tmp_path / "cohort" / row["case"] / "truth.json").read_text())
+        assert float(row["reference_agatston"]) == truth["reference"]["agatston"]["total"]
+    doc = json.loads((tmp_path / "rescan" / "agreement.json").read_text())
+    assert doc["n"] == 2 and "category accuracy" in r.stdout
+    r = autocac("rescan", tmp_path / "c2", "--out", tmp_path / "r2")
+    assert r.returncode == 2 and "no synthetic cases" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -8,13 +8,15 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from AutoCACLib.phantom import case_seed, make_case, write_case, write_cohort
+from AutoCACLib.errors import InputError
+from AutoCACLib.phantom import (case_seed, make_case, rescan_reference, write_case,
+                                 write_cohort)
 from AutoCACLib.phantom import case as case_module
 from AutoCACLib.phantom.anatomy import build_anatomy
 from AutoCACLib.phantom.layers import AORTA
 from AutoCACLib.scoring import score_calcium
 from AutoCACLib.segmentation_io import read_segment_masks
-from AutoCACLib.segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL
+from AutoCACLib.segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL, VESSELS
 from AutoCACLib.volume import read_volume
 
 
@@ -233,6 +235,22 @@ def test_write_cohort_in_parallel_matches_serial(tmp_path):
     a = read_volume(tmp_path / "serial" / "case_001" / "ccta.nrrd").array
     b = read_volume(tmp_path / "parallel" / "case_001" / "ccta.nrrd").array
     np.testing.assert_array_equal(a, b)
+
+
+def test_rescan_scans_the_same_patient_again(typical, heavy):
+    first = rescan_reference(typical.truth, 1)
+    assert rescan_reference(typical.truth, 1).agatston == first.agatston
+    second = rescan_reference(typical.truth, 2)
+    assert second.agatston["total"] != first.agatston["total"]
+    reference = typical.truth["reference"]["agatston"]
+    assert reference["total"] > 10
+    for scan in (first, second):
+        # Same calcified vessels, a score within the scan-to-scan spread of a small case.
+        assert ({v for v in VESSELS if scan.agatston[v] > 0}
+                == {v for v in VESSELS if reference[v] > 0})
+        assert scan.agatston["total"] == pytest.approx(reference["total"], rel=0.35)
+    with pytest.raises(InputError, match="overrides"):
+        rescan_reference(heavy.truth)
 
 
 def test_overrides_are_checked():

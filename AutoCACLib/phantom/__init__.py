@@ -11,6 +11,8 @@ Modules: ``materials`` (CT numbers by kVp), ``shapes`` (signed-distance primitiv
 slice profile, noise), ``case`` (cases, files, cohorts), ``preview`` (PNG views).
 """
 
-from .case import PhantomCase, case_seed, make_case, write_case, write_cohort
+from .case import (PhantomCase, case_seed, make_case, rescan_cohort, rescan_reference,
+                   write_case, write_cohort)
 
-__all__ = ["PhantomCase", "case_seed", "make_case", "write_case", "write_cohort"]
+__all__ = ["PhantomCase", "case_seed", "make_case", "rescan_cohort", "rescan_reference",
+           "write_case", "write_cohort"]

@@ -11,7 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..scoring import score_calcium
+from ..errors import InputError
+from ..scoring import CalciumScore, score_calcium
 from ..segmentation_io import write_segmentation
 from ..segments import AORTA_LABEL, CALCIUM_LABEL, SegmentSpec, VESSEL_LABEL, VESSELS
 from ..volume import Volume, write_volume
@@ -80,6 +81,31 @@ def _rounded(values: dict, nd: int = 3) -> dict:
     return {k: round(float(v), nd) for k, v in values.items()}
 
 
+def _draw(seed: int, size: str, overrides: dict):
+    """The patient and both protocols of case ``seed``: (kVp, anatomy, CCTA, CSCT protocol)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown phantom size {size!r}; use one of {sorted(SIZES)}")
+    unknown = set(overrides) - {"kvp", "burden", "lumen_hu", "ccta_noise_hu", "csct_noise_hu"}
+    if unknown:
+        raise TypeError(f"unknown overrides: {sorted(unknown)}")
+    rng = np.random.default_rng(seed)
+    kvp = int(overrides.get("kvp") or rng.choice(KVPS, p=KVP_SHARES))
+    if kvp not in KVPS:
+        raise ValueError(f"kVp must be one of {KVPS}, got {kvp}")
+    anatomy = build_anatomy(rng, kvp, overrides.get("burden"), overrides.get("lumen_hu"))
+    ccta_p = ccta_protocol(rng, size, anatomy, kvp, overrides.get("ccta_noise_hu"))
+    csct_p = csct_protocol(rng, size, anatomy, overrides.get("csct_noise_hu"))
+    return kvp, anatomy, ccta_p, csct_p
+
+
+def _calcium_scan(noise_rng: np.random.Generator, anatomy, protocol):
+    """A CSCT of ``anatomy``: (acquisition, per-vessel calcium regions, region margin mm)."""
+    margin = 2.5 * protocol.psf_xy_mm + 0.5 * protocol.grid.spacing[1]
+    csct = acquire(noise_rng, anatomy, protocol, region_margin_mm=margin)
+    labels = np.where(csct.regions == EXTRA_REGION, 0, csct.regions).astype(np.uint8)
+    return csct, labels, margin
+
+
 def make_case(seed: int, size: str = "clinical", **overrides) -> PhantomCase:
     """Generate one paired case, deterministically from ``seed``.
 
@@ -101,22 +127,10 @@ def make_case(seed: int, size: str = "clinical", **overrides) -> PhantomCase:
         the CSCT (standard scorer) per vessel with their category, the true calcium volume
         and mass per vessel, every lesion, the pose and the coronary centerlines.
     """
-    if size not in SIZES:
-        raise ValueError(f"unknown phantom size {size!r}; use one of {sorted(SIZES)}")
-    unknown = set(overrides) - {"kvp", "burden", "lumen_hu", "ccta_noise_hu", "csct_noise_hu"}
-    if unknown:
-        raise TypeError(f"unknown overrides: {sorted(unknown)}")
-    rng = np.random.default_rng(seed)
-    kvp = int(overrides.get("kvp") or rng.choice(KVPS, p=KVP_SHARES))
-    if kvp not in KVPS:
-        raise ValueError(f"kVp must be one of {KVPS}, got {kvp}")
-    anatomy = build_anatomy(rng, kvp, overrides.get("burden"), overrides.get("lumen_hu"))
-    ccta_p = ccta_protocol(rng, size, anatomy, kvp, overrides.get("ccta_noise_hu"))
-    csct_p = csct_protocol(rng, size, anatomy, overrides.get("csct_noise_hu"))
+    kvp, anatomy, ccta_p, csct_p = _draw(seed, size, overrides)
     noise_rng = np.random.default_rng([seed, 1])
     ccta = acquire(noise_rng, anatomy, ccta_p)
-    margin = 2.5 * csct_p.psf_xy_mm + 0.5 * csct_p.grid.spacing[1]
-    csct = acquire(noise_rng, anatomy, csct_p, region_margin_mm=margin)
+    csct, csct_labels, margin = _calcium_scan(noise_rng, anatomy, csct_p)
 
     tags = [layer.tag for layer in anatomy.layers]
     lut = np.zeros(256, dtype=np.uint8)
@@ -134,8 +148,6 @@ def make_case(seed: int, size: str = "clinical", **overrides) -> PhantomCase:
         member = np.zeros(256, dtype=bool)
         member[[i for i, t in enumerate(tags, start=1) if t == wanted]] = True
         extra_masks[name] = member[ccta.tissue]
-    csct_labels = np.where(csct.regions == EXTRA_REGION, 0, csct.regions).astype(np.uint8)
-
     reference = score_calcium(csct.image.array, csct_labels, csct.image.spacing)
     voxel_volume = ccta.image.voxel_volume_mm3
     plaques = [c for c in anatomy.calcifications if c.kind == "plaque"]
@@ -210,6 +222,82 @@ def write_case(case: PhantomCase, folder: str | os.PathLike) -> Path:
     write_volume(labels, folder / "csct_calcium_labels.nrrd")
     (folder / "truth.json").write_text(json.dumps(case.truth, indent=1))
     return folder
+
+
+def rescan_reference(truth: dict, repeat: int = 1) -> CalciumScore:
+    """Standard score of another CSCT of a written case's patient: the scan-rescan spread of
+    the reference, which bounds how well any CCTA estimate can agree with it.
+
+    The patient is rebuilt from ``truth`` (its seed and size) and scanned with a new draw of
+    the CSCT protocol (pixel size, blur, table position and so slice phase, noise level) and
+    new noise; ``repeat`` numbers the draws.
+
+    Parameters
+    ----------
+    truth : dict
+        The case's ``truth.json`` (see :func:`make_case`).
+    repeat : int
+        Which rescan (1, 2, ...); each is deterministic.
+
+    Returns
+    -------
+    CalciumScore
+
+    Raises
+    ------
+    InputError
+        When the rebuilt patient is not the case's (a case made with overrides).
+    """
+    if repeat < 1:
+        raise InputError(f"rescan number must be at least 1, got {repeat}")
+    seed, size = int(truth["seed"]), truth["size"]
+    _, anatomy, _, _ = _draw(seed, size, {})
+    if round(anatomy.target_agatston, 2) != truth["target_agatston"]:
+        raise InputError(f"case with seed {seed} was not made from its seed alone (overrides?); "
+                         "its patient cannot be rebuilt for a rescan")
+    protocol = csct_protocol(np.random.default_rng([seed, 2, repeat]), size, anatomy)
+    csct, labels, _ = _calcium_scan(np.random.default_rng([seed, 3, repeat]), anatomy, protocol)
+    return score_calcium(csct.image.array, labels, csct.image.spacing)
+
+
+def _rescan_row(folder: Path, repeat: int) -> dict:
+    truth = json.loads((folder / "truth.json").read_text())
+    score = rescan_reference(truth, repeat)
+    return {"case": folder.name, "kvp": truth["kvp"],
+            "reference_agatston": truth["reference"]["agatston"]["total"],
+            "rescan_agatston": round(score.agatston["total"], 3),
+            "reference_category": truth["category"], "rescan_category": score.category}
+
+
+def rescan_cohort(cohort: str | os.PathLike, repeat: int = 1, jobs: int = 1,
+                  progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
+    """:func:`rescan_reference` for every complete case folder of ``cohort``.
+
+    Returns one row per case, in folder order: case, kVp, reference and rescan Agatston
+    scores and categories. ``jobs`` cases are rescanned in parallel (processes).
+    """
+    cohort = Path(cohort)
+    folders = sorted(f for f in cohort.iterdir() if (f / "truth.json").is_file()) \
+        if cohort.is_dir() else []
+    if not folders:
+        raise InputError(f"no synthetic cases (folders with truth.json) in {cohort}")
+    rows: dict[str, dict] = {}
+    if jobs > 1 and len(folders) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(jobs, len(folders))) as pool:
+            futures = [pool.submit(_rescan_row, f, repeat) for f in folders]
+            for done, future in enumerate(as_completed(futures), start=1):
+                row = future.result()
+                rows[row["case"]] = row
+                if progress is not None:
+                    progress(done, len(folders), row["case"])
+    else:
+        for done, folder in enumerate(folders, start=1):
+            rows[folder.name] = _rescan_row(folder, repeat)
+            if progress is not None:
+                progress(done, len(folders), folder.name)
+    return [rows[f.name] for f in folders]
 
 
 def case_seed(seed: int, index: int) -> int:
