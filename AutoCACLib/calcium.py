@@ -27,9 +27,10 @@ Guards and refinements of ours:
 A calcification must reach within ``wall_margin_mm`` of the vessel mask and may extend
 ``growth_margin_mm`` from it (calcified plaque is a few millimetres thick at most); a bright
 region that goes on past that is a neighbouring structure (pulmonary artery, cardiac chamber,
-vein) and does not count; where a calcification touches such a structure, the merged region
-is first cut at ``calibrated_ratio`` x the calibration factor and at ``lumen_ratio`` x the
-neighbour's own attenuation. Calcium within ``aorta_margin_mm`` of the aorta never counts
+vein) and does not count; where a calcification touches such a structure, its voxels above
+``calibrated_ratio`` x the calibration factor and ``lumen_ratio`` x the neighbour's own
+attenuation seed it, and it keeps the largest part of the merged region that stays off the
+neighbour at a level between the calibrated threshold and that seed level. Calcium within ``aorta_margin_mm`` of the aorta never counts
 (aortic wall and root calcium, and the bright aortic lumen at the ostia), nor does a
 calcification that touches that margin and stays within ``aorta_reach_mm`` of the aorta: it
 lies in the aortic wall (whose outer part the margin does not always cover, the aorta mask
@@ -251,6 +252,38 @@ def _region_medians(values: np.ndarray, labels: np.ndarray, index: np.ndarray) -
     return ((v[start + (n - 1) // 2] + v[start + n // 2]) / 2).astype(np.float64)
 
 
+def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_hu,
+                              lumen_ratio, steps=5) -> None:
+    """Cut calcifications out of the candidate regions ``merged`` that run on past the growth
+    margin (into a bright neighbour: a chamber, the aorta, the pulmonary artery), in place.
+
+    A calcification touching such a neighbour merges with it. Its seeds are the voxels above
+    ``lumen_ratio`` times the neighbour's own level (its median beyond the margin) and above
+    ``calibrated_hu``; each seed keeps the largest part of its region that stays off the
+    neighbour when the region is cut at one of ``steps`` levels from ``calibrated_hu`` up to
+    the seed level (so a calcification is not cut down to its brightest voxels where the
+    neighbour is brighter than the coronary lumen, as at 80 kVp). What no seed keeps goes.
+    """
+    high = np.full(parts.max() + 1, calibrated_hu)
+    high[merged] = np.maximum(calibrated_hu, lumen_ratio * _region_medians(
+        img, np.where(beyond, parts, 0), merged))
+    in_merged = np.isin(parts, merged)
+    region_high = high[parts]
+    seeds = in_merged & (img > region_high)
+    kept = np.zeros(candidate.shape, dtype=bool)
+    for fraction in np.linspace(0.0, 1.0, steps + 1):
+        cut = in_merged & (img > calibrated_hu + fraction * (region_high - calibrated_hu))
+        pieces, _ = ndi.label(cut, structure=np.ones((3, 3, 3)))
+        free = np.ones(pieces.max() + 1, dtype=bool)
+        free[pieces[beyond]] = False
+        seeded = np.zeros_like(free)
+        seeded[pieces[seeds & ~kept]] = True
+        take = free & seeded
+        take[0] = False
+        kept |= take[pieces]
+    candidate[in_merged & ~kept] = 0
+
+
 def _threshold_free(image, lumen, aorta, sp, params) -> dict:
     """What :func:`detect_calcium` computes in its box whatever the thresholds: the smoothed
     image, the aortic noise and the voxels near the lumen (within the growth margin and a
@@ -349,19 +382,13 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                        for a in (voxels, nearest))
     candidate = np.zeros(img.shape, dtype=np.uint8)
     candidate[tuple(voxels.T)] = point_vessel[nearest]
-    # A calcification touching a bright neighbour (a chamber, the pulmonary artery) merges
-    # with it: such a region is cut at the calibrated threshold and at ``lumen_ratio`` times
-    # the neighbour's own level (its median beyond the growth margin) before the neighbour is
-    # dropped, so that the calcification is not dropped with it.
     beyond = cache["beyond"]
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     merged = np.unique(parts[beyond & (parts > 0)])
     if merged.size:
-        level = np.full(n + 1, -np.inf)
-        level[merged] = np.maximum(
-            params.calibrated_ratio * calibration_factor,
-            params.lumen_ratio * _region_medians(img, np.where(beyond, parts, 0), merged))
-        candidate[img <= level[parts]] = 0
+        _separate_from_neighbours(candidate, parts, merged, img, beyond,
+                                  params.calibrated_ratio * calibration_factor,
+                                  params.lumen_ratio)
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     keep = np.zeros(n + 1, dtype=bool)
     keep[parts[cache["at_wall"]]] = True

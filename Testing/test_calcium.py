@@ -129,6 +129,20 @@ def test_bright_neighbouring_structure_is_not_calcium():
     assert np.all(_distance_mm(truth)[found] <= 1.2) and found.sum() > 0.6 * truth.sum()
 
 
+def test_calcification_touching_a_neighbour_brighter_than_the_lumen_is_kept():
+    # At 80 kVp the chambers and the aorta read far above the coronary lumen (here 1.5x):
+    # a calcification touching one merges with it, and cutting the merged region at 1.45x
+    # the neighbour's level would leave only its brightest core.
+    image, lumen, truth = _case(380, [(10.0, 1.2, 1000, RADIUS + 0.4)], seed=5)
+    z, y, x = _grid()
+    neighbour = (z - AXIS[0] + 0 * y > RADIUS + 0.5) & (x + 0 * y < 20)
+    image[neighbour & ~truth] = 570.0 + np.random.default_rng(5).normal(
+        0, 20, int((neighbour & ~truth).sum()))
+    found = _detect(image, lumen, cf=380).labels > 0
+    assert not (found & neighbour & (_distance_mm(truth) > 1.2)).any()
+    assert (found & truth).sum() > 0.6 * truth.sum()
+
+
 def test_calcium_next_to_the_aorta_is_excluded_and_reported():
     blobs = [(2.5, 1.2, 900, RADIUS), (25.0, 1.2, 900, RADIUS)]
     image, lumen, truth = _case(400, blobs, seed=5)
