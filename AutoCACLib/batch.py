@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -169,8 +168,7 @@ def run_batch(inputs: list[Path], out: Path, device: str = "auto", settings=None
             print(f"{prefix}Agatston {scores['agatston']['total']:.1f} "
                   f"({scores['category']}) -> {case_dir}", file=sys.stderr)
     if not single:
-        with open(out / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        from .results import write_csv
+
+        write_csv(rows, out / "summary.csv")
     return failures

@@ -30,13 +30,14 @@ region that goes on past that is a neighbouring structure (pulmonary artery, car
 vein) and does not count; where a calcification touches such a structure, its voxels above
 ``calibrated_ratio`` x the calibration factor and ``lumen_ratio`` x the neighbour's own
 attenuation seed it, and it keeps the largest part of the merged region that stays off the
-neighbour at a level between the calibrated threshold and that seed level. Calcium within ``aorta_margin_mm`` of the aorta never counts
-(aortic wall and root calcium, and the bright aortic lumen at the ostia), nor does a
-calcification that touches that margin and stays within ``aorta_reach_mm`` of the aorta: it
-lies in the aortic wall (whose outer part the margin does not always cover, the aorta mask
-being uncertain by about a voxel), whereas an ostial plaque runs on into the vessel and keeps
-its part beyond the margin. What was removed that way is reported as a warning. Candidate
-regions smaller than ``min_volume_mm3`` are dropped.
+neighbour at a level between the calibrated threshold and that seed level. Calcium within
+``aorta_margin_mm`` of the aorta never counts (aortic wall and root calcium, and the bright
+aortic lumen at the ostia), nor does a calcification that touches that margin and stays
+within ``aorta_reach_mm`` of the aorta: it lies in the aortic wall (whose outer part the
+margin does not always cover, the aorta mask being uncertain by about a voxel), whereas an
+ostial plaque runs on into the vessel and keeps its part beyond the margin. What was removed
+that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
+dropped.
 """
 
 from __future__ import annotations
@@ -389,7 +390,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
         _separate_from_neighbours(candidate, parts, merged, img, beyond,
                                   params.calibrated_ratio * calibration_factor,
                                   params.lumen_ratio)
-    parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
+        parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     keep = np.zeros(n + 1, dtype=bool)
     keep[parts[cache["at_wall"]]] = True
     keep[parts[beyond]] = False

@@ -108,21 +108,16 @@ def _cmd_phantom(args) -> int:
 
 
 def _cmd_rescan(args) -> int:
-    import csv
-
     from .agreement import agreement
     from .phantom import rescan_cohort
-    from .results import write_json
+    from .results import write_csv, write_json
 
     if args.jobs < 1:
         raise InputError("--jobs must be at least 1")
     rows = rescan_cohort(args.cohort, args.repeat, args.jobs,
                          progress=lambda i, n, name: print(f"[{i}/{n}] {name}", file=sys.stderr))
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "rescan.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out / "rescan.csv")
     if len(rows) < 2:
         print(f"1 case rescanned (agreement needs 2 or more) -> {args.out / 'rescan.csv'}")
         return 0

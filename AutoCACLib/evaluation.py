@@ -8,7 +8,6 @@ truth, as CSV, JSON, Markdown and PNG.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 
 from .agreement import agreement
 from .categories import CATEGORIES
+from .results import write_csv
 from .segments import AORTA_LABEL, CALCIUM_LABEL, VESSEL_LABEL, VESSELS
 
 GROUPS = {"total": VESSELS, "LCA": ("LM", "LAD", "LCx"), "RCA": ("RCA",)}
@@ -227,10 +227,7 @@ def evaluate_cohort(cohort: Path, out: Path, device: str = "auto", models_dir=No
         print(f"[{k}/{len(folders)}] {row['case']} {row['kvp']} kVp: CSCT "
               f"{row['ref_total']:.1f}, CCTA {row['test_total']:.1f} ({row['status']}, "
               f"{row['seconds']:.0f} s)", file=sys.stderr, flush=True)
-        with open(out / "cases.csv", "w", newline="") as f:   # rewritten: partial results kept
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, out / "cases.csv")  # rewritten each time: partial results kept
     if pool is not None:
         pool.shutdown()
     summary = summarize(rows)

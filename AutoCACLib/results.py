@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -72,3 +73,11 @@ def write_json(doc: dict, path: str | os.PathLike | None) -> None:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text + "\n")
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Write ``rows`` (dicts with the same keys, at least one) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -281,23 +281,13 @@ def rescan_cohort(cohort: str | os.PathLike, repeat: int = 1, jobs: int = 1,
         if cohort.is_dir() else []
     if not folders:
         raise InputError(f"no synthetic cases (folders with truth.json) in {cohort}")
-    rows: dict[str, dict] = {}
-    if jobs > 1 and len(folders) > 1:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(min(jobs, len(folders))) as pool:
-            futures = [pool.submit(_rescan_row, f, repeat) for f in folders]
-            for done, future in enumerate(as_completed(futures), start=1):
-                row = future.result()
-                rows[row["case"]] = row
-                if progress is not None:
-                    progress(done, len(folders), row["case"])
-    else:
-        for done, folder in enumerate(folders, start=1):
-            rows[folder.name] = _rescan_row(folder, repeat)
-            if progress is not None:
-                progress(done, len(folders), folder.name)
-    return [rows[f.name] for f in folders]
+    rows: list[dict | None] = [None] * len(folders)
+    calls = [(folder, repeat) for folder in folders]
+    for done, (k, row) in enumerate(_completed(_rescan_row, calls, jobs), start=1):
+        rows[k] = row
+        if progress is not None:
+            progress(done, len(folders), row["case"])
+    return rows
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -325,18 +315,26 @@ def _write_indexed(outdir: Path, index: int, seed: int, size: str) -> dict:
     return _index_entry(folder.name, case.truth)
 
 
-def _made(outdir: Path, todo: list[int], seed: int, size: str, jobs: int):
-    """Make and write the cases ``todo``; yield ``(index, cohort entry)`` as each is done."""
-    if jobs > 1 and len(todo) > 1:
+def _completed(function: Callable, calls: list[tuple], jobs: int):
+    """Yield ``(k, function(*calls[k]))`` as each call finishes: in ``jobs`` processes when
+    more than one (completion order), else one after the other."""
+    if jobs > 1 and len(calls) > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(min(jobs, len(todo))) as pool:
-            futures = {pool.submit(_write_indexed, outdir, i, seed, size): i for i in todo}
+        with ProcessPoolExecutor(min(jobs, len(calls))) as pool:
+            futures = {pool.submit(function, *args): k for k, args in enumerate(calls)}
             for future in as_completed(futures):
                 yield futures[future], future.result()
     else:
-        for i in todo:
-            yield i, _write_indexed(outdir, i, seed, size)
+        for k, args in enumerate(calls):
+            yield k, function(*args)
+
+
+def _made(outdir: Path, todo: list[int], seed: int, size: str, jobs: int):
+    """Make and write the cases ``todo``; yield ``(index, cohort entry)`` as each is done."""
+    calls = [(outdir, i, seed, size) for i in todo]
+    for k, entry in _completed(_write_indexed, calls, jobs):
+        yield todo[k], entry
 
 
 def write_cohort(outdir: str | os.PathLike, n: int, seed: int, size: str = "clinical",
