@@ -27,7 +27,9 @@ Guards and refinements of ours:
 A calcification must reach within ``wall_margin_mm`` of the vessel mask and may extend
 ``growth_margin_mm`` from it (calcified plaque is a few millimetres thick at most); a bright
 region that goes on past that is a neighbouring structure (pulmonary artery, cardiac chamber,
-vein) and does not count; where a calcification touches such a structure, its voxels above
+vein) and does not count, unless it ends within ``protrusion_mm`` further (above its own
+threshold): a compact calcification beside a stretch of vessel the mask misses or narrows, kept
+whole; where a calcification touches such a structure, its voxels above
 ``calibrated_ratio`` x the calibration factor and ``lumen_ratio`` x the neighbour's own
 attenuation seed it, and it keeps the largest part of the merged region that stays off the
 neighbour at a level between the calibrated threshold and that seed level. Calcium within
@@ -99,6 +101,9 @@ class CalciumParams:
     aorta_reach_mm : float
         A calcification that touches that margin and lies entirely within this distance of the
         aorta mask is aortic-wall calcium and is excluded whole.
+    protrusion_mm : float
+        A region that passes the growth margin but ends within this distance beyond it is a
+        compact calcification protruding from the mask, not a neighbouring structure (0: none).
     """
 
     lumen_ratio: float = 1.25
@@ -116,6 +121,7 @@ class CalciumParams:
     min_volume_mm3: float = 0.5
     aorta_margin_mm: float = 2.0
     aorta_reach_mm: float = 4.0
+    protrusion_mm: float = 3.0
 
 
 @dataclass
@@ -285,18 +291,40 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
     candidate[in_merged & ~kept] = 0
 
 
+def _bounded_protrusions(parts, regions, img, level, zone, rim, reach) -> np.ndarray:
+    """Which of ``regions`` (labels in ``parts``) end inside ``zone``: the region grown through
+    the voxels of ``zone`` above the region's ``level`` reaches neither ``rim`` (the zone's
+    outer shell) nor ``reach`` voxels from the region's bounding box (a long structure)."""
+    objects = ndi.find_objects(parts)
+    bounded = np.zeros(len(regions), dtype=bool)
+    for i, r in enumerate(regions):
+        box = tuple(slice(max(s.start - g, 0), min(s.stop + g, n))
+                    for s, g, n in zip(objects[r - 1], reach, parts.shape))
+        region = parts[box] == r
+        grown, _ = ndi.label(region | (zone[box] & (img[box] > level[i])),
+                             structure=np.ones((3, 3, 3)))
+        own = grown == grown[region][0]
+        faces = [own.take(end, axis) for axis in range(3) for end in (0, -1)
+                 if (box[axis].start > 0 if end == 0 else box[axis].stop < parts.shape[axis])]
+        bounded[i] = not (own & rim[box]).any() and not any(f.any() for f in faces)
+    return bounded
+
+
 def _threshold_free(image, lumen, aorta, sp, params) -> dict:
     """What :func:`detect_calcium` computes in its box whatever the thresholds: the smoothed
     image, the aortic noise and the voxels near the lumen (within the growth margin and a
-    one-voxel shell), beyond the growth margin and within the wall margin."""
+    one-voxel shell), beyond the growth margin, within the wall margin, within the protrusion
+    zone past the growth margin and on that zone's outer shell."""
     img = image.astype(np.float32)
     if params.smooth_mm > 0:
         img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
     depth = distance_mm(~lumen, sp)
+    outer = params.growth_margin_mm + params.protrusion_mm
     return {"img": img, "noise_sd": None if aorta is None else _aorta_noise_sd(img, aorta, sp),
             "near": depth <= params.growth_margin_mm + float(sp.max()),
             "beyond": depth > params.growth_margin_mm,
-            "at_wall": depth <= params.wall_margin_mm}
+            "at_wall": depth <= params.wall_margin_mm,
+            "zone": depth <= outer, "rim": (depth <= outer) & (depth > outer - float(sp.max()))}
 
 
 def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
@@ -345,12 +373,14 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
         return CalciumDetection(out)
 
     # Work in the bounding box of the vessels, grown by the margins.
-    grow = np.ceil((params.growth_margin_mm + params.aorta_margin_mm + 1.0) / sp).astype(int)
+    grow = np.ceil((params.growth_margin_mm + max(params.aorta_margin_mm, params.protrusion_mm)
+                    + 1.0) / sp).astype(int)
     box = bounding_box(lumen, grow)
     lo = np.array([s.start for s in box])
     lum = lumen[box]
     aorta = None if aorta_mask is None else np.asarray(aorta_mask, dtype=bool)[box]
-    key = (box, params.smooth_mm, params.growth_margin_mm, params.wall_margin_mm)
+    key = (box, params.smooth_mm, params.growth_margin_mm, params.wall_margin_mm,
+           params.protrusion_mm)
     cache = {} if cache is None else cache
     if cache.get("key") != key:
         cache.clear()
@@ -376,7 +406,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     # Calcium regions count when they reach the wall margin. Calcifications are bounded:
     # bright regions that go on past the growth margin (a one-voxel shell beyond it is
     # checked) are neighbouring structures (pulmonary artery, cardiac chambers, veins, bone)
-    # and are dropped whole.
+    # and are dropped whole, unless they end within the protrusion zone.
     voxels = np.argwhere((img > point_threshold.min()) & cache["near"])
     _, nearest = cKDTree(point_mm).query(voxels * sp)
     voxels, nearest = (a[img[tuple(voxels.T)] > point_threshold[nearest]]
@@ -386,6 +416,14 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     beyond = cache["beyond"]
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     merged = np.unique(parts[beyond & (parts > 0)])
+    if merged.size and params.protrusion_mm > 0:
+        region = parts[tuple(voxels.T)]
+        level = np.array([np.median(point_threshold[nearest[region == r]]) for r in merged])
+        reach = np.ceil((params.growth_margin_mm + params.protrusion_mm) / sp).astype(int) + 1
+        bounded = _bounded_protrusions(parts, merged, img, level, cache["zone"], cache["rim"],
+                                       reach)
+        beyond = beyond & ~np.isin(parts, merged[bounded])
+        merged = merged[~bounded]
     if merged.size:
         _separate_from_neighbours(candidate, parts, merged, img, beyond,
                                   params.calibrated_ratio * calibration_factor,

@@ -219,6 +219,19 @@ def test_thick_plaque_reaching_4_mm_from_the_lumen_is_kept_whole():
     assert found.sum() >= 0.8 * truth.sum()
 
 
+def test_compact_calcification_past_the_growth_margin_is_kept():
+    # The lumen mask can miss or narrow the vessel beside a plaque: the calcification then
+    # reaches past the 5 mm growth margin, like a neighbouring structure, but ends within the
+    # 3 mm protrusion zone, so it is kept whole. Without that zone it was dropped.
+    image, lumen, truth = _case(350, [(20.0, 2.4, 900, RADIUS + 3.1)], seed=23)
+    assert _distance_mm(lumen)[truth].max() > 5.2
+    found = _detect(image, lumen, cf=350).labels > 0
+    assert found.sum() >= 0.8 * truth.sum()
+    assert np.all(_distance_mm(truth)[found] <= 1.2)
+    none = _detect(image, lumen, cf=350, params=CalciumParams(protrusion_mm=0.0)).labels
+    assert not none.any()
+
+
 @pytest.mark.parametrize("seed", [31, 32, 33])
 def test_small_faint_calcification_in_a_noisy_lumen_is_found(seed):
     # 1 mm radius, 1.75 x the lumen before blur (about 1.5 x after it), 40 HU noise (fainter
