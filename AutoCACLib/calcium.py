@@ -271,13 +271,15 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
     the seed level (so a calcification is not cut down to its brightest voxels where the
     neighbour is brighter than the coronary lumen, as at 80 kVp). What no seed keeps goes.
     """
+    in_merged = np.isin(parts, merged)
+    box = bounding_box(in_merged)  # the merged regions' voxels are all the work
+    in_merged, parts, img, beyond = in_merged[box], parts[box], img[box], beyond[box]
     high = np.full(parts.max() + 1, calibrated_hu)
     high[merged] = np.maximum(calibrated_hu, lumen_ratio * _region_medians(
         img, np.where(beyond, parts, 0), merged))
-    in_merged = np.isin(parts, merged)
     region_high = high[parts]
     seeds = in_merged & (img > region_high)
-    kept = np.zeros(candidate.shape, dtype=bool)
+    kept = np.zeros(in_merged.shape, dtype=bool)
     for fraction in np.linspace(0.0, 1.0, steps + 1):
         cut = in_merged & (img > calibrated_hu + fraction * (region_high - calibrated_hu))
         pieces, _ = ndi.label(cut, structure=np.ones((3, 3, 3)))
@@ -288,7 +290,7 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
         take = free & seeded
         take[0] = False
         kept |= take[pieces]
-    candidate[in_merged & ~kept] = 0
+    candidate[box][in_merged & ~kept] = 0
 
 
 def _bounded_protrusions(parts, regions, img, level, zone, rim, reach) -> np.ndarray:
