@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from .centerlines import Centerline
 from .segments import VESSEL_LABEL, VESSELS
-from .structuring import ball, bounding_box, distance_mm
+from .structuring import ball, bounding_box, box_around, distance_mm
 
 
 @dataclass(frozen=True)
@@ -300,8 +300,8 @@ def _bounded_protrusions(parts, regions, img, level, zone, rim, reach) -> np.nda
     objects = ndi.find_objects(parts)
     bounded = np.zeros(len(regions), dtype=bool)
     for i, r in enumerate(regions):
-        box = tuple(slice(max(s.start - g, 0), min(s.stop + g, n))
-                    for s, g, n in zip(objects[r - 1], reach, parts.shape))
+        box = box_around([s.start - g for s, g in zip(objects[r - 1], reach)],
+                         [s.stop + g for s, g in zip(objects[r - 1], reach)], parts.shape)
         region = parts[box] == r
         grown, _ = ndi.label(region | (zone[box] & (img[box] > level[i])),
                              structure=np.ones((3, 3, 3)))
@@ -419,8 +419,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     merged = np.unique(parts[beyond & (parts > 0)])
     if merged.size and params.protrusion_mm > 0:
-        region = parts[tuple(voxels.T)]
-        level = np.array([np.median(point_threshold[nearest[region == r]]) for r in merged])
+        level = _region_medians(point_threshold[nearest], parts[tuple(voxels.T)], merged)
         reach = np.ceil((params.growth_margin_mm + params.protrusion_mm) / sp).astype(int) + 1
         bounded = _bounded_protrusions(parts, merged, img, level, cache["zone"], cache["rim"],
                                        reach)

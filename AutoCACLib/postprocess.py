@@ -58,7 +58,7 @@ from skimage.draw import line_nd
 from skimage.graph import MCP_Geometric
 
 from .segments import VESSELS
-from .structuring import ball, bounding_box
+from .structuring import ball, bounding_box, box_around
 
 #: Vessel indices of the output label map (not the segment label values of ``segments``).
 LM, LAD, LCX, RCA = 1, 2, 3, 4
@@ -410,13 +410,6 @@ def _qc(params, facts, n_before, n_reconnected, removed, removed_fraction) -> Po
 
 # --- geometry helpers ---------------------------------------------------------------------
 
-def _box_around(lo, hi, shape) -> tuple[slice, ...]:
-    """Slices ``lo:hi`` clipped to an array shape."""
-    lo = np.maximum(np.asarray(lo), 0)
-    hi = np.minimum(np.asarray(hi), shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
 
 
 def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
@@ -462,7 +455,7 @@ def _neighbourhood(mask: np.ndarray, center: np.ndarray, radius_mm: float,
                    spacing: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` within ``radius_mm`` of ``center`` (k, 3)."""
     reach = np.ceil(radius_mm / spacing).astype(int)
-    box = _box_around(center - reach, center + reach + 1, mask.shape)
+    box = box_around(center - reach, center + reach + 1, mask.shape)
     points = np.argwhere(mask[box]) + [s.start for s in box]
     return points[np.linalg.norm((points - center) * spacing, axis=1) <= radius_mm]
 
@@ -471,7 +464,7 @@ def _local_radius(mask: np.ndarray, center: np.ndarray, radius_mm: float,
                   spacing: np.ndarray, max_radius_mm: float) -> float:
     """Largest inscribed radius (mm) of ``mask`` within ``radius_mm`` of ``center``."""
     reach = np.ceil((radius_mm + max_radius_mm) / spacing).astype(int) + 1
-    box = _box_around(center - reach, center + reach + 1, mask.shape)
+    box = box_around(center - reach, center + reach + 1, mask.shape)
     depth = ndi.distance_transform_edt(mask[box], sampling=spacing)
     points = _neighbourhood(mask[box], center - [s.start for s in box], radius_mm, spacing)
     return float(depth[tuple(points.T)].max()) if len(points) else 0.0
@@ -505,8 +498,8 @@ def _carve_blobs(mask: np.ndarray, spacing: np.ndarray,
     carved = np.zeros(mask.shape, dtype=bool)
     n_blobs = 0
     for found in ndi.find_objects(ndi.label(screen, _STRUCTURE_26)[0]):
-        box = _box_around([s.start * f - p for s, f, p in zip(found, factor, pad)],
-                          [s.stop * f + p for s, f, p in zip(found, factor, pad)], mask.shape)
+        box = box_around([s.start * f - p for s, f, p in zip(found, factor, pad)],
+                         [s.stop * f + p for s, f, p in zip(found, factor, pad)], mask.shape)
         core = ndi.distance_transform_edt(mask[box], sampling=spacing) > params.max_radius_mm
         if core.any():
             carved[box] |= mask[box] & (ndi.distance_transform_edt(~core, sampling=spacing)
@@ -561,8 +554,8 @@ def _measure_piece(index, piece_box, components, net, img, aorta, aorta_hu, spac
     if np.count_nonzero(components[piece_box] == index) * voxel_mm3 < params.min_piece_mm3:
         return None, "speck"
     pad = np.ceil((2.0 + params.pool_depth_mm) / spacing).astype(int) + 2
-    box = _box_around([s.start - p for s, p in zip(piece_box, pad)],
-                      [s.stop + p for s, p in zip(piece_box, pad)], components.shape)
+    box = box_around([s.start - p for s, p in zip(piece_box, pad)],
+                     [s.stop + p for s, p in zip(piece_box, pad)], components.shape)
     inside = components[box] == index
     depth = ndi.distance_transform_edt(inside, sampling=spacing)
     coords = np.argwhere(inside) + [s.start for s in box]
@@ -718,7 +711,7 @@ def _surface_near(piece, reach_mm: float, spacing: np.ndarray, *masks):
     Distances and indices are None when there is no surface within the piece's box.
     """
     reach = np.ceil(reach_mm / spacing).astype(int) + 1
-    box = _box_around(piece.lo - reach, piece.hi + reach, masks[0].shape)
+    box = box_around(piece.lo - reach, piece.hi + reach, masks[0].shape)
     local = np.logical_or.reduce([m[box] for m in masks])
     surface = np.argwhere(local & ~ndi.binary_erosion(local)) + [s.start for s in box]
     if not len(surface):
@@ -756,7 +749,7 @@ def _find_contrast_link(piece, tree, net, img, spacing, params):
                                                    spacing)):
         return None
     pad = np.ceil(_POOL_MARGIN_MM / spacing).astype(int) + 1
-    box = _box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
+    box = box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
     lo = np.array([s.start for s in box])
     local = img[box].astype(np.float32)
     path = _lumen_path(local, q - lo, p - lo, piece.core_hu, spacing, params)
@@ -792,7 +785,7 @@ def _bridge(piece, p, q, to_aorta, tree, img, aorta, spacing, params, path=None)
     r = max(r, float(spacing.min()))
     pad = np.ceil((r + 1.0) / spacing).astype(int) + 1
     ends = np.stack([p, q]) if path is None else path
-    box = _box_around(ends.min(axis=0) - pad, ends.max(axis=0) + pad + 1, tree.shape)
+    box = box_around(ends.min(axis=0) - pad, ends.max(axis=0) + pad + 1, tree.shape)
     lo = np.array([s.start for s in box])
     if path is None:
         path = _gap_path(img[box], q - lo, p - lo, piece.core_hu, spacing, params)

@@ -64,6 +64,13 @@ def distance_mm(mask: np.ndarray, spacing) -> np.ndarray:
     return np.maximum(distance, 0.0, out=distance)
 
 
+def box_around(lo, hi, shape) -> tuple[slice, ...]:
+    """Slices ``lo:hi`` (one bound per axis) clipped to an array shape."""
+    lo = np.maximum(np.asarray(lo), 0)
+    hi = np.minimum(np.asarray(hi), shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...]:
     """Slices of the bounding box of a non-empty mask grown by ``margin`` voxels per axis
     (an int or one per axis), clipped to the array."""
