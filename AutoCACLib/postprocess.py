@@ -21,9 +21,10 @@ angle, location and attenuation; anatomical labelling):
    piece (``max_angle_deg``; a piece running across the gap line is a crossing vein), and
    the vessel labels are compatible (same vessel, or LM with LAD/LCx). The gap is filled with
    a tube of the local radius along a minimal-cost path that follows contrast (through
-   calcium too). A piece that fails these tests still joins across a longer gap
-   (``contrast_gap_mm``) when a minimal-cost path to the tree stays contrast-filled nearly
-   all the way and does not run through a chamber: the network often misses a stretch of a
+   calcium too). A piece that fails these tests still joins the nearest tree voxel of a
+   compatible vessel across a longer gap (``contrast_gap_mm``) when a minimal-cost path
+   there stays contrast-filled (as bright as the dimmer of the lumens it joins) nearly all
+   the way and does not run through a chamber: the network often misses a stretch of a
    patent vessel, and such a path is the vessel itself. Pieces that never join are removed.
    Joining repeats until nothing changes, so chains of pieces reconnect. A part of the
    tree that then touches the aorta but spans less than ``min_root_mm`` is a bump on the
@@ -704,21 +705,30 @@ def _find_link(piece, tree, net, aorta, spacing, params):
     return (p, q, to_aorta), None
 
 
-def _surface_near(piece, reach_mm: float, spacing: np.ndarray, *masks):
+def _surface_near(piece, reach_mm: float, spacing: np.ndarray, *masks, fits=None):
     """Surface voxels (k, 3) of the union of ``masks`` near a piece, and for each piece
     voxel the distance (mm; inf beyond ``reach_mm``) to the nearest of them and its index.
 
+    ``fits``, when given, keeps only the surface voxels (k, 3) for which it returns True.
     Distances and indices are None when there is no surface within the piece's box.
     """
     reach = np.ceil(reach_mm / spacing).astype(int) + 1
     box = box_around(piece.lo - reach, piece.hi + reach, masks[0].shape)
     local = np.logical_or.reduce([m[box] for m in masks])
     surface = np.argwhere(local & ~ndi.binary_erosion(local)) + [s.start for s in box]
+    if fits is not None and len(surface):
+        surface = surface[fits(surface)]
     if not len(surface):
         return surface, None, None
     dist, nearest = cKDTree(surface * spacing).query(piece.coords * spacing,
                                                      distance_upper_bound=reach_mm)
     return surface, dist, nearest
+
+
+def _fits_label(piece, labels: np.ndarray) -> np.ndarray:
+    """Per network label, whether the piece's vessel may continue it (False for 0, a voxel
+    the network did not label, such as a bridge)."""
+    return np.isin(labels, [v for v in range(1, RCA + 1) if _compatible(piece.label, v)])
 
 
 def _fits_vessel(piece, net, points: np.ndarray) -> bool:
@@ -730,33 +740,37 @@ def _fits_vessel(piece, net, points: np.ndarray) -> bool:
 def _find_contrast_link(piece, tree, net, img, spacing, params):
     """A contrast-filled path (k x 3 voxels, tree end first) from the tree to a piece.
 
-    The nearest tree voxel within ``contrast_gap_mm`` is joined by a minimal-cost path that
-    follows contrast; the path counts when it is not much longer than the gap, keeps the
-    piece's lumen attenuation (``min_path_lumen_ratio``) nearly all the way, does not run
-    through a chamber (``max_path_pool_fraction``), and the vessel labels are compatible.
+    The nearest tree voxel within ``contrast_gap_mm`` whose network label may continue the
+    piece's vessel is joined by a minimal-cost path that follows contrast; the path counts
+    when it is not much longer than the gap, keeps nearly all the way at least
+    ``min_path_lumen_ratio`` of the dimmer of the two lumens it joins (a distal vessel is
+    dimmer than a plaque's halo makes a piece look), does not run through a chamber
+    (``max_path_pool_fraction``), and the network's votes around the tree end agree.
     Returns the path, or None.
     """
     if params.contrast_gap_mm <= 0 or piece.core_hu <= 0:
         return None
-    surface, dist, nearest = _surface_near(piece, params.contrast_gap_mm, spacing, tree)
+    surface, dist, nearest = _surface_near(piece, params.contrast_gap_mm, spacing, tree,
+                                           fits=lambda s: _fits_label(piece, net[tuple(s.T)]))
     if dist is None:
         return None
     i = int(np.argmin(dist))
     if not np.isfinite(dist[i]):
         return None
     p, q = piece.coords[i], surface[nearest[i]]
-    if not _fits_vessel(piece, net, _neighbourhood(tree, q, params.direction_radius_mm,
-                                                   spacing)):
+    tree_end = _neighbourhood(tree, q, params.direction_radius_mm, spacing)
+    if not _fits_vessel(piece, net, tree_end):
         return None
+    lumen_hu = min(piece.core_hu, _lumen_hu(img[tuple(tree_end.T)], None, params))
     pad = np.ceil(_POOL_MARGIN_MM / spacing).astype(int) + 1
     box = box_around(np.minimum(p, q) - pad, np.maximum(p, q) + pad + 1, tree.shape)
     lo = np.array([s.start for s in box])
     local = img[box].astype(np.float32)
-    path = _lumen_path(local, q - lo, p - lo, piece.core_hu, spacing, params)
+    path = _lumen_path(local, q - lo, p - lo, lumen_hu, spacing, params)
     if path is None:
         return None
     hu = local[tuple(path.T)]
-    if np.mean(hu < params.min_path_lumen_ratio * piece.core_hu) > _PATH_DARK_SHARE:
+    if np.mean(hu < params.min_path_lumen_ratio * lumen_hu) > _PATH_DARK_SHARE:
         return None
     depth = _enhanced_depth(local, _POOL_LUMEN_RATIO * piece.core_hu, spacing)[tuple(path.T)]
     if np.mean(depth > params.max_radius_mm) > params.max_path_pool_fraction:

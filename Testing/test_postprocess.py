@@ -268,6 +268,39 @@ def test_piece_inside_a_blood_pool_is_removed(scene):
     assert not result.labels[piece].any()
 
 
+@pytest.mark.parametrize("gap_hu, bridged", [(250.0, True), (120.0, False)])
+def test_long_gap_is_judged_against_the_dimmer_lumen(scene, gap_hu, bridged):
+    # A small distal LAD fills to 250 HU while the detached piece beyond an 8 mm gap looks
+    # brighter (450 HU, as a plaque's halo makes it): a gap as dim as the LAD itself is
+    # contrast; one as dim as myocardium (120 HU) is not.
+    gap = _cut_lad(scene, 4.0)
+    lad = scene.truth == LAD
+    distal = lad & ~gap & (scene.points[..., 0] < 27.0)
+    scene.image[lad & ~distal] = 250.0
+    scene.image[gap] = gap_hu
+    scene.image[distal] = 450.0
+    result = scene.run()
+    assert result.qc.n_reconnected == int(bridged)
+    assert (np.mean(result.labels[distal] == LAD) > 0.95) == bridged
+
+
+def test_long_gap_joins_the_nearest_branch_of_the_same_vessel(scene):
+    # Beyond an 8 mm contrast-filled gap past the LCx's end lies an LCx piece; a side branch
+    # the network calls RCA ends nearer to it. The piece joins the LCx, not that branch.
+    start, direction = scene.beyond(LCX, 8.0, 1.4)
+    end = np.asarray(VESSEL_PATHS[LCX][-1], dtype=float)
+    piece = scene.add_tube([start, start + 5.0 * direction], 1.4, LCX, ARTERY_HU)
+    scene.image[scene.tube_mask([end, start], 1.4) & (scene.labels == 0)] = ARTERY_HU
+    side = np.cross(direction, (1.0, 0.0, 0.0))
+    side /= np.linalg.norm(side)
+    fork = np.asarray(VESSEL_PATHS[LCX][-2], dtype=float)
+    scene.add_tube([fork, fork + 7.0 * side, start + 3.0 * direction + 5.0 * side], 1.0, RCA,
+                   ARTERY_HU)
+    result = scene.run()
+    assert np.mean(result.labels[piece] == LCX) > 0.95
+    assert result.qc.n_reconnected == 1
+
+
 def test_piece_across_the_gap_line_is_removed(scene):
     center, direction = scene.beyond(LAD, 3.0, 1.3)
     across = np.cross(direction, (1.0, 0.0, 0.0))
