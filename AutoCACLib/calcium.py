@@ -273,24 +273,27 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
     """
     in_merged = np.isin(parts, merged)
     box = bounding_box(in_merged)  # the merged regions' voxels are all the work
-    in_merged, parts, img, beyond = in_merged[box], parts[box], img[box], beyond[box]
+    shape = in_merged[box].shape
+    voxels = np.flatnonzero(in_merged[box])
+    value, region, past = (a[box].ravel()[voxels] for a in (img, parts, beyond))
     high = np.full(parts.max() + 1, calibrated_hu)
     high[merged] = np.maximum(calibrated_hu, lumen_ratio * _region_medians(
-        img, np.where(beyond, parts, 0), merged))
-    region_high = high[parts]
-    seeds = in_merged & (img > region_high)
-    kept = np.zeros(in_merged.shape, dtype=bool)
+        value[past], region[past], merged))
+    region_high = high[region]
+    seeds = value > region_high
+    kept = np.zeros(voxels.size, dtype=bool)
+    cut = np.zeros(shape, dtype=bool)
     for fraction in np.linspace(0.0, 1.0, steps + 1):
-        cut = in_merged & (img > calibrated_hu + fraction * (region_high - calibrated_hu))
-        pieces, _ = ndi.label(cut, structure=np.ones((3, 3, 3)))
+        cut.ravel()[voxels] = value > calibrated_hu + fraction * (region_high - calibrated_hu)
+        pieces = ndi.label(cut, structure=np.ones((3, 3, 3)))[0].ravel()[voxels]
         free = np.ones(pieces.max() + 1, dtype=bool)
-        free[pieces[beyond]] = False
+        free[pieces[past]] = False
         seeded = np.zeros_like(free)
         seeded[pieces[seeds & ~kept]] = True
         take = free & seeded
         take[0] = False
         kept |= take[pieces]
-    candidate[box][in_merged & ~kept] = 0
+    candidate[box][np.unravel_index(voxels[~kept], shape)] = 0
 
 
 def _bounded_protrusions(parts, regions, img, level, zone, rim, reach) -> np.ndarray:
