@@ -415,22 +415,26 @@ def _qc(params, facts, n_before, n_reconnected, removed, removed_fraction) -> Po
 
 def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
           spacing: np.ndarray) -> np.ndarray:
-    """For each voxel of ``points`` (k, 3), whether ``mask`` has a voxel within ``radius_mm``."""
+    """For each voxel of ``points`` (k, 3), whether ``mask`` has a voxel within ``radius_mm``
+    (centre to centre, as :func:`~AutoCACLib.structuring.ball` counts it).
+
+    Outside the mask, the nearest mask voxel is on the mask's surface (a voxel with a
+    6-neighbour outside it: any other has a neighbour nearer), so only the surface near the
+    points is searched.
+    """
     hit = np.zeros(len(points), dtype=bool)
     if not len(points) or not mask.any():
         return hit
-    element = ball(radius_mm, spacing)
-    offsets = np.argwhere(element) - np.array(element.shape) // 2
-    reach = np.array(element.shape) // 2
-    box = bounding_box(mask, reach)
-    lo = np.array([s.start for s in box])
-    hi = np.array([s.stop for s in box])
-    candidates = np.flatnonzero(np.all((points >= lo) & (points < hi), axis=1))
-    shape = np.array(mask.shape)
-    for offset in offsets:
-        q = points[candidates] + offset
-        ok = np.all((q >= 0) & (q < shape), axis=1)
-        hit[candidates[ok]] |= mask[tuple(q[ok].T)]
+    reach = np.ceil(radius_mm / spacing).astype(int) + 1
+    box = box_around(points.min(axis=0) - reach, points.max(axis=0) + reach + 1, mask.shape)
+    local = mask[box]
+    surface = np.argwhere(local & ~ndi.binary_erosion(local)) + [s.start for s in box]
+    hit = mask[tuple(points.T)]
+    if len(surface) and not hit.all():
+        limit = radius_mm ** 2 + 1e-9
+        dist, _ = cKDTree(surface * spacing).query(points[~hit] * spacing,
+                                                   distance_upper_bound=np.sqrt(limit) + 1e-6)
+        hit[~hit] = dist ** 2 <= limit
     return hit
 
 

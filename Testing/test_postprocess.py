@@ -446,3 +446,18 @@ def test_intact_and_mostly_discarded_trees(scene):
     qc = scene.run().qc
     assert qc.removed_fraction > qc.params.unusable_removed_fraction == 0.5
     assert qc.fragmented and qc.unusable
+
+
+@pytest.mark.parametrize("spacing, radius", [((0.5, 0.4, 0.4), 1.2), ((1.0, 0.5, 0.5), 2.0)])
+def test_nearness_to_a_mask_is_exact(spacing, radius):
+    # Whether a mask voxel lies within the radius (centre to centre, on the sphere counts),
+    # checked against all pairwise distances; the second radius falls exactly on voxels.
+    from AutoCACLib.postprocess import _near
+    rng = np.random.default_rng(1)
+    mask = ndimage.binary_dilation(rng.random((20, 24, 24)) > 0.995, iterations=2)
+    points = np.argwhere(rng.random(mask.shape) > 0.7)
+    sp = np.asarray(spacing)
+    d2 = (((points[:, None, :] - np.argwhere(mask)[None, :, :]) * sp) ** 2).sum(axis=-1)
+    expected = (d2 <= radius ** 2 + 1e-9).any(axis=1)
+    assert 0 < expected.sum() < len(points)
+    assert np.array_equal(_near(points, mask, radius, sp), expected)
