@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from .centerlines import Centerline
 from .segments import VESSEL_LABEL, VESSELS
-from .structuring import ball, bounding_box, box_around, distance_mm
+from .structuring import ball, bounding_box, box_around, distance_mm, surface_voxels
 
 
 @dataclass(frozen=True)
@@ -442,7 +442,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     detection = CalciumDetection(out, profiles)
     voxel_mm3 = float(np.prod(sp))
     if aorta is not None:
-        surface = np.argwhere(aorta & ~ndi.binary_erosion(aorta))
+        surface = surface_voxels(aorta)
         found = np.argwhere(candidate)
         if len(surface) and len(found):
             gap, _ = cKDTree(surface * sp).query(found * sp)

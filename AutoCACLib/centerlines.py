@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from .structuring import bounding_box, distance_mm
+from .structuring import bounding_box, distance_mm, surface_voxels
 
 
 @dataclass
@@ -108,21 +108,20 @@ def _radius_mm(mask: np.ndarray, spacing: np.ndarray, coords: np.ndarray) -> np.
 
 
 def _hint_distance(hint, offset: np.ndarray, spacing: np.ndarray, coords: np.ndarray):
-    """Distance (mm) from each skeleton voxel (crop coordinates) to the root hint."""
+    """Distance (mm) from each skeleton voxel (crop coordinates) to the root hint (None when
+    the hint is an empty mask or an empty set of points)."""
     from scipy.spatial import cKDTree
 
     hint_arr = np.asarray(hint)
     if hint_arr.ndim == 1 and hint_arr.size == 3:
-        targets = hint_arr[None, :].astype(float)
+        targets = hint_arr[None, :]
+    elif hint_arr.ndim == 2 and hint_arr.shape[1] == 3:
+        targets = hint_arr
     else:
-        hint_mask = hint_arr.astype(bool)
-        if not hint_mask.any():
-            return None
-        box = bounding_box(hint_mask, 1)
-        hint_mask = hint_mask[box]
-        surface = hint_mask & ~ndi.binary_erosion(hint_mask)
-        targets = (np.argwhere(surface) + [s.start for s in box]).astype(float)
-    tree = cKDTree(targets * spacing)
+        targets = surface_voxels(hint_arr.astype(bool))
+    if not len(targets):
+        return None
+    tree = cKDTree(targets.astype(float) * spacing)
     return tree.query((coords + offset) * spacing)[0]
 
 
@@ -198,10 +197,12 @@ def vessel_centerlines(vessel_mask: np.ndarray, spacing, root_hint=None,
         One vessel or tree (e.g. one coronary label).
     spacing : sequence of 3 float
         Voxel size (z, y, x) in mm.
-    root_hint : ndarray of bool (same shape) or sequence of 3 float, optional
-        The aorta mask, or a voxel position (z, y, x) of the ostium. In each connected piece
-        of the skeleton the end nearest to it is the root. Without it the root is the end
-        with the widest lumen (the ostium is the widest end of a coronary tree).
+    root_hint : ndarray of bool (same shape), ndarray (k, 3) or sequence of 3 float, optional
+        The aorta mask, its surface voxels (:func:`~AutoCACLib.structuring.surface_voxels`,
+        to compute once for several vessels), or a voxel position (z, y, x) of the ostium.
+        In each connected piece of the skeleton the end nearest to it is the root. Without
+        it the root is the end with the widest lumen (the ostium is the widest end of a
+        coronary tree).
     min_spur_mm : float
         Side branches whose longest distal path is shorter than this are pruned.
     spur_radius_factor : float

@@ -243,6 +243,7 @@ def _run_axial(volume: Volume, device, settings, progress, cancel, models, model
     from .calibration import calibration_factor as estimate_calibration
     from .centerlines import vessel_centerlines
     from .preprocess import fit_attenuation_normalization
+    from .structuring import surface_voxels
 
     settings = settings or ScoringSettings()
     progress = progress or (lambda stage, fraction: None)
@@ -327,10 +328,12 @@ def _run_axial(volume: Volume, device, settings, progress, cancel, models, model
 
     stage("centerlines")
     centerlines = {}
+    aorta_surface = surface_voxels(aorta)
     for i, vessel in enumerate(VESSELS, start=1):
         mask = tree.vessel_index == i
         if mask.any():
-            centerlines[vessel] = vessel_centerlines(mask, volume.spacing, root_hint=aorta)
+            centerlines[vessel] = vessel_centerlines(mask, volume.spacing,
+                                                     root_hint=aorta_surface)
     lap("centerlines")
 
     stage("calcium")

@@ -43,7 +43,7 @@ from .pipeline import (CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARA
                        read_params_file)
 from .scoring import ScoringSettings, score_calcium
 from .segments import AORTA_LABEL, VESSEL_LABEL, VESSELS
-from .structuring import bounding_box
+from .structuring import bounding_box, surface_voxels
 from .volume import Volume, read_volume
 
 #: ``segment(volume) -> label map`` with AutoCAC label values (aorta and vessel lumens).
@@ -177,10 +177,12 @@ def prepare_case(case_dir: str | Path, masks_from: MaskSource = "truth") -> Trai
     crop_labels = np.where(vessels[box], labels[box], 0).astype(np.uint8)
     crop_aorta = aorta[box]
     centerlines = {}
+    aorta_surface = surface_voxels(crop_aorta)
     for vessel in VESSELS:
         mask = crop_labels == VESSEL_LABEL[vessel]
         if mask.any():
-            centerlines[vessel] = vessel_centerlines(mask, volume.spacing, root_hint=crop_aorta)
+            centerlines[vessel] = vessel_centerlines(mask, volume.spacing,
+                                                     root_hint=aorta_surface)
     reference = truth["reference"]
     return TrainingCase(
         name=case_dir.name, kvp=float(truth.get("kvp") or volume.kvp or 0) or None,

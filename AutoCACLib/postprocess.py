@@ -59,7 +59,7 @@ from skimage.draw import line_nd
 from skimage.graph import MCP_Geometric
 
 from .segments import VESSELS
-from .structuring import ball, bounding_box, box_around
+from .structuring import ball, bounding_box, box_around, surface_voxels
 
 #: Vessel indices of the output label map (not the segment label values of ``segments``).
 LM, LAD, LCX, RCA = 1, 2, 3, 4
@@ -428,7 +428,7 @@ def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
     reach = np.ceil(radius_mm / spacing).astype(int) + 1
     box = box_around(points.min(axis=0) - reach, points.max(axis=0) + reach + 1, mask.shape)
     local = mask[box]
-    surface = np.argwhere(local & ~ndi.binary_erosion(local)) + [s.start for s in box]
+    surface = surface_voxels(local) + [s.start for s in box]
     hit = mask[tuple(points.T)]
     if len(surface) and not hit.all():
         limit = radius_mm ** 2 + 1e-9
@@ -719,7 +719,7 @@ def _surface_near(piece, reach_mm: float, spacing: np.ndarray, *masks, fits=None
     reach = np.ceil(reach_mm / spacing).astype(int) + 1
     box = box_around(piece.lo - reach, piece.hi + reach, masks[0].shape)
     local = np.logical_or.reduce([m[box] for m in masks])
-    surface = np.argwhere(local & ~ndi.binary_erosion(local)) + [s.start for s in box]
+    surface = surface_voxels(local) + [s.start for s in box]
     if fits is not None and len(surface):
         surface = surface[fits(surface)]
     if not len(surface):

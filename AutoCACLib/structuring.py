@@ -1,9 +1,10 @@
 """Mask geometry in millimetres on anisotropic voxel grids: structuring elements, distance
-maps and bounding boxes."""
+maps, bounding boxes and surfaces."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 
 def ball(radius_mm: float, spacing) -> np.ndarray:
@@ -82,3 +83,13 @@ def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...]:
         boxes.append(slice(max(int(idx[0]) - int(margin[axis]), 0),
                            min(int(idx[-1]) + 1 + int(margin[axis]), mask.shape[axis])))
     return tuple(boxes)
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels (k, 3) of a mask with a 6-neighbour outside it (the array's border counts as
+    outside); empty (0, 3) for an empty mask."""
+    if not mask.any():
+        return np.empty((0, mask.ndim), dtype=int)
+    box = bounding_box(mask, 1)
+    local = mask[box]
+    return np.argwhere(local & ~ndi.binary_erosion(local)) + [b.start for b in box]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from AutoCACLib.centerlines import vessel_centerlines
+from AutoCACLib.structuring import surface_voxels
 
 
 def _grid(shape, spacing):
@@ -40,6 +41,9 @@ def test_straight_tube_length_radius_and_root(radius):
     np.testing.assert_allclose(np.abs(line.tangents[:, 0]), 1, atol=1e-6)
     assert np.all(line.tangents[:, 0] < 0)  # distal-pointing
     np.testing.assert_allclose(line.points_mm, line.points * np.array(spacing))
+    # The aorta's surface voxels, computed once for several vessels, are the same hint.
+    same = vessel_centerlines(mask, spacing, root_hint=surface_voxels(aorta))
+    np.testing.assert_array_equal(same[0].points, line.points)
 
 
 def test_curved_tube_length_and_root_point_hint():

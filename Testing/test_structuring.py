@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from AutoCACLib.structuring import ball, bounding_box, distance_mm
+from AutoCACLib.structuring import ball, bounding_box, distance_mm, surface_voxels
 
 
 @pytest.mark.parametrize("spacing", [(0.5, 0.4, 0.4), (1.5, 0.7, 0.7), (0.3, 0.3, 0.3)])
@@ -34,3 +34,17 @@ def test_ball_radius_follows_the_spacing():
     element = ball(1.0, (1.0, 0.5, 0.5))
     assert element.shape == (3, 5, 5)
     assert element[1, 2, 2] and element[0, 2, 2] and element[1, 0, 2] and not element[0, 0, 2]
+
+
+def test_surface_voxels_are_the_mask_voxels_with_a_face_outside():
+    mask = np.zeros((6, 7, 8), dtype=bool)
+    mask[1:5, 1:6, 2:8] = True  # touches the array's last x face
+    outside_face = np.zeros_like(mask)
+    for axis in range(3):
+        for step in (-1, 1):
+            shifted = np.roll(np.pad(mask, 1), step, axis=axis)[1:-1, 1:-1, 1:-1]
+            outside_face |= mask & ~shifted
+    got = np.zeros_like(mask)
+    got[tuple(surface_voxels(mask).T)] = True
+    assert np.array_equal(got, outside_face)
+    assert surface_voxels(np.zeros((3, 3, 3), dtype=bool)).shape == (0, 3)
