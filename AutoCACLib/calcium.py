@@ -273,8 +273,9 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
     """
     in_merged = np.isin(parts, merged)
     box = bounding_box(in_merged)  # the merged regions' voxels are all the work
-    shape = in_merged[box].shape
-    voxels = np.flatnonzero(in_merged[box])
+    local = in_merged[box]
+    shape = local.shape
+    voxels = np.flatnonzero(local)
     value, region, past = (a[box].ravel()[voxels] for a in (img, parts, beyond))
     high = np.full(parts.max() + 1, calibrated_hu)
     high[merged] = np.maximum(calibrated_hu, lumen_ratio * _region_medians(
