@@ -412,7 +412,6 @@ def _qc(params, facts, n_before, n_reconnected, removed, removed_fraction) -> Po
 # --- geometry helpers ---------------------------------------------------------------------
 
 
-
 def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
           spacing: np.ndarray) -> np.ndarray:
     """For each voxel of ``points`` (k, 3), whether ``mask`` has a voxel within ``radius_mm``
@@ -422,9 +421,8 @@ def _near(points: np.ndarray, mask: np.ndarray, radius_mm: float,
     6-neighbour outside it: any other has a neighbour nearer), so only the surface near the
     points is searched.
     """
-    hit = np.zeros(len(points), dtype=bool)
     if not len(points) or not mask.any():
-        return hit
+        return np.zeros(len(points), dtype=bool)
     reach = np.ceil(radius_mm / spacing).astype(int) + 1
     box = box_around(points.min(axis=0) - reach, points.max(axis=0) + reach + 1, mask.shape)
     local = mask[box]
