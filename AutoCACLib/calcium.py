@@ -32,7 +32,9 @@ threshold): a compact calcification beside a stretch of vessel the mask misses o
 whole; where a calcification touches such a structure, its voxels above
 ``calibrated_ratio`` x the calibration factor and ``lumen_ratio`` x the neighbour's own
 attenuation seed it, and it keeps the largest part of the merged region that stays off the
-neighbour at a level between the calibrated threshold and that seed level. Calcium within
+neighbour at a level between the calibrated threshold and that seed level; unless the
+neighbour reads above ``lumen_ratio`` x the aorta's attenuation (brighter than any contrast
+blood: a rib, the sternum, a calcified valve), when the whole region goes. Calcium within
 ``aorta_margin_mm`` of the aorta never counts (aortic wall and root calcium, and the bright
 aortic lumen at the ostia), nor does a calcification that touches that margin and stays
 within ``aorta_reach_mm`` of the aorta: it lies in the aortic wall (whose outer part the
@@ -260,7 +262,7 @@ def _region_medians(values: np.ndarray, labels: np.ndarray, index: np.ndarray) -
 
 
 def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_hu,
-                              lumen_ratio, steps=5) -> None:
+                              lumen_ratio, dense_hu=np.inf, steps=5) -> None:
     """Cut calcifications out of the candidate regions ``merged`` that run on past the growth
     margin (into a bright neighbour: a chamber, the aorta, the pulmonary artery), in place.
 
@@ -269,7 +271,9 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
     ``calibrated_hu``; each seed keeps the largest part of its region that stays off the
     neighbour when the region is cut at one of ``steps`` levels from ``calibrated_hu`` up to
     the seed level (so a calcification is not cut down to its brightest voxels where the
-    neighbour is brighter than the coronary lumen, as at 80 kVp). What no seed keeps goes.
+    neighbour is brighter than the coronary lumen, as at 80 kVp). A neighbour whose level
+    is above ``dense_hu`` (brighter than any contrast blood) is bone or a calcified valve or
+    annulus, and nothing is cut out of it. What no seed keeps goes.
     """
     in_merged = np.isin(parts, merged)
     box = bounding_box(in_merged)  # the merged regions' voxels are all the work
@@ -277,11 +281,13 @@ def _separate_from_neighbours(candidate, parts, merged, img, beyond, calibrated_
     shape = local.shape
     voxels = np.flatnonzero(local)
     value, region, past = (a[box].ravel()[voxels] for a in (img, parts, beyond))
+    level = _region_medians(value[past], region[past], merged)
     high = np.full(parts.max() + 1, calibrated_hu)
-    high[merged] = np.maximum(calibrated_hu, lumen_ratio * _region_medians(
-        value[past], region[past], merged))
+    high[merged] = np.maximum(calibrated_hu, lumen_ratio * level)
+    dense = np.zeros(parts.max() + 1, dtype=bool)
+    dense[merged] = level > dense_hu
     region_high = high[region]
-    seeds = value > region_high
+    seeds = (value > region_high) & ~dense[region]
     kept = np.zeros(voxels.size, dtype=bool)
     cut = np.zeros(shape, dtype=bool)
     for fraction in np.linspace(0.0, 1.0, steps + 1):
@@ -318,7 +324,8 @@ def _bounded_protrusions(parts, regions, img, level, zone, rim, reach) -> np.nda
 
 def _threshold_free(image, lumen, aorta, sp, params) -> dict:
     """What :func:`detect_calcium` computes in its box whatever the thresholds: the smoothed
-    image, the aortic noise and the voxels near the lumen (within the growth margin and a
+    image, the aortic noise and level (the brightest contrast blood; infinite without enough
+    aorta) and the voxels near the lumen (within the growth margin and a
     one-voxel shell), beyond the growth margin, within the wall margin, within the protrusion
     zone past the growth margin and on that zone's outer shell."""
     img = image.astype(np.float32)
@@ -326,7 +333,10 @@ def _threshold_free(image, lumen, aorta, sp, params) -> dict:
         img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
     depth = distance_mm(~lumen, sp)
     outer = params.growth_margin_mm + params.protrusion_mm
+    blood = None if aorta is None else img[aorta]
     return {"img": img, "noise_sd": None if aorta is None else _aorta_noise_sd(img, aorta, sp),
+            "blood_hu": float(np.median(blood)) if blood is not None and blood.size >= 500
+            else np.inf,
             "near": depth <= params.growth_margin_mm + float(sp.max()),
             "beyond": depth > params.growth_margin_mm,
             "at_wall": depth <= params.wall_margin_mm,
@@ -432,7 +442,7 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     if merged.size:
         _separate_from_neighbours(candidate, parts, merged, img, beyond,
                                   params.calibrated_ratio * calibration_factor,
-                                  params.lumen_ratio)
+                                  params.lumen_ratio, params.lumen_ratio * cache["blood_hu"])
         parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     keep = np.zeros(n + 1, dtype=bool)
     keep[parts[cache["at_wall"]]] = True
