@@ -229,8 +229,12 @@ def _branch_profile(image, lumen, points, arc, offsets, params, calibration_fact
                          float(noise_sd))
 
 
+#: Fewest aortic voxels from which the aorta's noise or level is measured.
+_MIN_AORTA_VOXELS = 500
+
+
 def _aorta_noise_sd(image: np.ndarray, aorta: np.ndarray, spacing: np.ndarray,
-                    depth_mm: float = 3.0, min_voxels: int = 500) -> float | None:
+                    depth_mm: float = 3.0) -> float | None:
     """Robust standard deviation of the image in the aorta's core (None if too small or flat).
 
     The scaled median absolute deviation around the median of the voxels deeper than
@@ -242,7 +246,7 @@ def _aorta_noise_sd(image: np.ndarray, aorta: np.ndarray, spacing: np.ndarray,
     box = bounding_box(aorta)
     core = distance_mm(np.pad(aorta[box], 1), spacing)[1:-1, 1:-1, 1:-1]
     values = image[box][core > depth_mm]
-    if values.size < min_voxels:
+    if values.size < _MIN_AORTA_VOXELS:
         return None
     sd = 1.4826 * float(np.median(np.abs(values - np.median(values))))
     return sd if sd > 1.0 else None
@@ -333,10 +337,9 @@ def _threshold_free(image, lumen, aorta, sp, params) -> dict:
         img = ndi.gaussian_filter(img, params.smooth_mm / sp, truncate=3.0)
     depth = distance_mm(~lumen, sp)
     outer = params.growth_margin_mm + params.protrusion_mm
-    blood = None if aorta is None else img[aorta]
+    blood = np.empty(0) if aorta is None else img[aorta]
     return {"img": img, "noise_sd": None if aorta is None else _aorta_noise_sd(img, aorta, sp),
-            "blood_hu": float(np.median(blood)) if blood is not None and blood.size >= 500
-            else np.inf,
+            "blood_hu": float(np.median(blood)) if blood.size >= _MIN_AORTA_VOXELS else np.inf,
             "near": depth <= params.growth_margin_mm + float(sp.max()),
             "beyond": depth > params.growth_margin_mm,
             "at_wall": depth <= params.wall_margin_mm,
