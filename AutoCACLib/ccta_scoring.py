@@ -11,7 +11,11 @@ threshold and weight bins moved to where CSCT values would land on this CCTA::
 
 with CF the calibration factor (representative coronary lumen attenuation, HU) and
 ``kvp_calcium_factor`` the hydroxyapatite factor of :mod:`AutoCACLib.scoring` (1 when the kVp
-is unknown; the CF term then carries the tube voltage, as in the paper). Each lesion's
+is unknown; the CF term then carries the tube voltage, as in the paper). The weight bins may
+take their own part of CF (``weight_offset_fraction``), and each lesion's weight may be read
+from the CCTA averaged over a 3 mm slab (``weight_slab_mm``): a calcification thinner than the
+CSCT's slice then weighs what the CSCT gives it, where the thin slice shows its full peak. Each
+lesion's
 Agatston score and volume are then multiplied by ``agatston_scale`` and ``volume_scale``: thin
 (0.5-0.75 mm) contrast slices show calcium sharper than the 3 mm CSCT, whose blur and partial
 volume spread each calcification over a larger area at 130 HU. The parameters are fitted
@@ -27,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium
+from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium, slab_profile
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class CctaScoringParams:
     ----------
     offset_fraction : float
         Part of the calibration factor added to every threshold (iodine partial volume).
+    weight_offset_fraction : float or None
+        Part of the calibration factor added to the weight bins (None: ``offset_fraction``).
+    weight_slab_mm : float or None
+        Read lesion weights from the image averaged over a slab this thick
+        (:attr:`AutoCACLib.scoring.ScoringSettings.weight_slab_mm`; None: the thin slices).
     cf_exponent : float
         Power of ``CF / reference_cf_hu`` in the gain.
     kvp_exponent : float
@@ -50,6 +59,8 @@ class CctaScoringParams:
     """
 
     offset_fraction: float = 0.0
+    weight_offset_fraction: float | None = None
+    weight_slab_mm: float | None = None
     cf_exponent: float = 0.0
     kvp_exponent: float = 1.0
     reference_cf_hu: float = 350.0
@@ -88,10 +99,13 @@ def ccta_scoring_settings(calibration_factor: float,
         raise ValueError(f"calibration factor must be positive, got {calibration_factor}")
     gain = params.gain(calibration_factor, kvp)
     offset = params.offset_fraction * calibration_factor
+    weight_offset = (offset if params.weight_offset_fraction is None
+                     else params.weight_offset_fraction * calibration_factor)
     return dataclasses.replace(
         base, threshold_hu=base.threshold_hu * gain + offset,
-        weight_thresholds_hu=tuple(t * gain + offset for t in base.weight_thresholds_hu),
-        kvp_specific=False, agatston_scale=base.agatston_scale * params.agatston_scale,
+        weight_thresholds_hu=tuple(t * gain + weight_offset for t in base.weight_thresholds_hu),
+        weight_slab_mm=params.weight_slab_mm, kvp_specific=False,
+        agatston_scale=base.agatston_scale * params.agatston_scale,
         volume_scale=base.volume_scale * params.volume_scale)
 
 
@@ -128,19 +142,28 @@ DEFAULT_GRID = {
 }
 
 
-def _compact(case: CctaCase) -> CctaCase:
+def _compact(case: CctaCase, slab_mm: float | None = None) -> CctaCase:
     """The case reduced to its calcium: each connected calcium region (26-neighbourhood)
     cropped to its box, the crops stacked along z with an empty slice between them. Only
     voxels inside the regions are scored and no lesion can join two regions, so every score
     is unchanged; a fit scores each case hundreds of times, and the stack is a small
-    fraction of the image."""
+    fraction of the image. With ``slab_mm`` (weights read over a slab, see
+    :attr:`AutoCACLib.scoring.ScoringSettings.weight_slab_mm`) each crop also keeps the
+    slices the slab reaches beyond its region (the image's end slices repeated past its
+    ends, as the slab averaging does), so that the weights are unchanged too."""
     regions, n = ndimage.label(case.calcium_labels > 0, np.ones((3, 3, 3), bool))
     if n == 0:
         return case
+    reach = len(slab_profile(case.spacing[0], slab_mm)) // 2 if slab_mm else 0
     crops = []
     for index, box in enumerate(ndimage.find_objects(regions), start=1):
-        crops.append((case.image[box], np.where(regions[box] == index,
-                                                case.calcium_labels[box], 0)))
+        z0, z1 = box[0].start - reach, box[0].stop + reach
+        clipped = (slice(max(z0, 0), min(z1, case.image.shape[0])),) + tuple(box[1:])
+        ends = ((max(z0, 0) - z0, z1 - min(z1, case.image.shape[0])), (0, 0), (0, 0))
+        image = np.pad(case.image[clipped], ends, mode="edge")
+        label = np.pad(np.where(regions[clipped] == index, case.calcium_labels[clipped], 0),
+                       ends)
+        crops.append((image, label))
     rows = max(image.shape[1] for image, _ in crops)
     cols = max(image.shape[2] for image, _ in crops)
     images, labels = [], []
@@ -202,7 +225,9 @@ def fit_ccta_scoring(cases: Sequence[CctaCase], start: CctaScoringParams = CctaS
         The fitted parameters and their :func:`scoring_loss`.
     """
     grid = DEFAULT_GRID if grid is None else grid
-    compact = [_compact(c) for c in cases]
+    slabs = [start.weight_slab_mm, *grid.get("weight_slab_mm", ())]
+    slab = max((s for s in slabs if s), default=None)
+    compact = [_compact(c, slab) for c in cases]
     best, best_loss = start, scoring_loss(compact, start, base)
     for r in range(rounds):
         changed = False

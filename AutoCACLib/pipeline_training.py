@@ -57,9 +57,14 @@ CALCIUM_GRID = {
     "min_volume_mm3": (0.5, 2.0, 4.0),
 }
 
+#: Where each scoring search starts: the CSCT's conventions, with lesion weights read over
+#: the CSCT's 3 mm slice (``weight_slab_mm``), which the search does not change.
+SCORING_START = CctaScoringParams(weight_slab_mm=ScoringSettings().reference_slice_mm)
+
 #: CCTA scoring parameters fitted for each calcium candidate.
 SCORING_GRID = {
     "offset_fraction": tuple(np.round(np.linspace(-0.2, 1.4, 17), 3)),
+    "weight_offset_fraction": tuple(np.round(np.linspace(-0.4, 1.2, 17), 3)),
     "kvp_exponent": tuple(np.round(np.linspace(0.0, 2.0, 9), 3)),
     "agatston_scale": tuple(np.round(np.geomspace(0.5, 3.0, 13), 3)),
     "cf_exponent": tuple(np.round(np.linspace(-1.0, 1.5, 11), 3)),
@@ -275,7 +280,7 @@ def fit_calcium_and_scoring(cases: Sequence, masks_from: MaskSource = "truth",
                             calibration_model: CalibrationModel | None = None,
                             calcium_grid: dict | None = None, scoring_grid: dict | None = None,
                             start: CalciumParams = CalciumParams(), rounds: int = 2,
-                            scoring_start: CctaScoringParams = CctaScoringParams(),
+                            scoring_start: CctaScoringParams = SCORING_START,
                             base: ScoringSettings = ScoringSettings(),
                             report: FitReport | None = None,
                             progress: Callable[[str], None] | None = None
@@ -533,7 +538,7 @@ def fit_prepared(cases: Sequence[TrainingCase], out_dir: str | Path, seed: int =
     t0 = time.perf_counter() if started is None else started
     progress("fit: calibration", 0.6)
     calibration = fit_calibration(cases, seed=seed)
-    start, scoring_start = CalciumParams(), CctaScoringParams()
+    start, scoring_start = CalciumParams(), SCORING_START
     if keep_detection:
         check_kept_parameters(out_dir)
         start = read_params_file(Path(out_dir) / CALCIUM_PARAMS_FILE, CalciumParams)

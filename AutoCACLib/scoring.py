@@ -5,7 +5,8 @@ voxels inside one vessel's calcium segment (2D: within one axial slice; 3D: acro
 a lesion counts when its area reaches the minimum. Its Agatston contribution is
 ``area_mm2 x weight`` per slice, where the weight comes from the peak HU of the lesion in that
 slice (130-199: 1, 200-299: 2, 300-399: 3, >= 400: 4), scaled by ``increment / 3 mm`` for images
-that are not 3 mm. Volume is the voxel count times the voxel volume; mass is
+that are not 3 mm. With ``weight_slab_mm`` the peak is read from the image averaged over a slab
+of that thickness around each slice, as a thicker slice would show it. Volume is the voxel count times the voxel volume; mass is
 ``c x 1e-3 x volume_mm3 x mean_HU`` mg when a calibration ``c`` (mg HA/cm^3 per HU) is given.
 
 Every convention is a field of :class:`ScoringSettings` and is written into every result.
@@ -57,6 +58,11 @@ class ScoringSettings:
         The slice increment Agatston scores are normalized to.
     normalize_slice_increment : bool
         Multiply per-slice areas by ``increment / reference_slice_mm``.
+    weight_slab_mm : float or None
+        Read each lesion's peak (for its weight) from the image averaged along z over a slab
+        of this thickness centred on each slice (box profile), not from the slice itself; a
+        calcification thinner than the slab then weighs what a slice that thick gives it.
+        None (standard): the slice itself. No effect when the slices are at least this thick.
     kvp_specific : bool
         Scale threshold and weight bins with :data:`KVP_CALCIUM_FACTOR` for the image's kVp.
     mass_calibration : float or None
@@ -75,6 +81,7 @@ class ScoringSettings:
     min_area_pixels: int | None = None
     reference_slice_mm: float = 3.0
     normalize_slice_increment: bool = True
+    weight_slab_mm: float | None = None
     kvp_specific: bool = False
     mass_calibration: float | None = None
     agatston_scale: float = 1.0
@@ -93,6 +100,8 @@ class ScoringSettings:
             raise InputError("score scales must be positive")
         if self.min_area_mm2 < 0 or (self.min_area_pixels is not None and self.min_area_pixels < 1):
             raise InputError("minimum lesion area must be non-negative")
+        if self.weight_slab_mm is not None and not self.weight_slab_mm > 0:
+            raise InputError(f"weight_slab_mm must be positive, got {self.weight_slab_mm}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -176,8 +185,34 @@ def _structure(settings: ScoringSettings) -> np.ndarray:
     return s
 
 
-def _score_vessel(image, mask, vessel, spacing, settings, offset_z):
-    """Lesions of one vessel: list of dicts (only lesions that count)."""
+def slab_profile(increment_mm: float, slab_mm: float) -> np.ndarray:
+    """Weights (summing to 1) of the slices within a slab of ``slab_mm`` centred on a slice,
+    for slices ``increment_mm`` apart: a box profile, the end slices weighted by the part of
+    their interval inside the slab."""
+    half = slab_mm / 2.0
+    n = int(np.ceil(half / increment_mm - 0.5))
+    centres = np.arange(-n, n + 1) * increment_mm
+    inside = (np.minimum(centres + increment_mm / 2, half)
+              - np.maximum(centres - increment_mm / 2, -half))
+    weights = np.clip(inside, 0.0, None)
+    return weights / weights.sum()
+
+
+def _slab_averaged(image: np.ndarray, box: tuple, increment_mm: float, slab_mm: float
+                   ) -> np.ndarray:
+    """``image[box]`` averaged along z over a slab (:func:`slab_profile`), using the slices
+    beyond the box that the slab reaches (edge slices repeated at the image's ends)."""
+    profile = slab_profile(increment_mm, slab_mm)
+    reach = len(profile) // 2
+    z0, z1 = max(box[0].start - reach, 0), min(box[0].stop + reach, image.shape[0])
+    wide = image[(slice(z0, z1),) + tuple(box[1:])].astype(np.float32)
+    averaged = ndimage.convolve1d(wide, profile.astype(np.float32), axis=0, mode="nearest")
+    return averaged[box[0].start - z0:box[0].stop - z0]
+
+
+def _score_vessel(image, mask, vessel, spacing, settings, offset_z, peak_image=None):
+    """Lesions of one vessel: list of dicts (only lesions that count). ``peak_image`` (same
+    shape) gives the values the weights are read from (default ``image``)."""
     calcified = mask & (image >= settings.threshold_hu)
     if not calcified.any():
         return []
@@ -186,16 +221,17 @@ def _score_vessel(image, mask, vessel, spacing, settings, offset_z):
     voxel_volume = pixel_area * spacing[0]
     slice_factor = (spacing[0] / settings.reference_slice_mm
                     if settings.normalize_slice_increment else 1.0)
+    peak_image = image if peak_image is None else peak_image
     lesions = []
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         own = components[box] == index
-        values = image[box]
-        per_slice = []  # (z, pixels, peak) for each slice the lesion occupies
+        values, peaks = image[box], peak_image[box]
+        per_slice = []  # (z, pixels, peak for the weight) for each slice the lesion occupies
         for dz in range(own.shape[0]):
             in_slice = own[dz]
             if in_slice.any():
                 per_slice.append((box[0].start + dz, int(in_slice.sum()),
-                                  float(values[dz][in_slice].max())))
+                                  float(peaks[dz][in_slice].max())))
         largest = max(p for _, p, _ in per_slice)
         if largest * pixel_area + _AREA_TOL < settings.min_area_mm2:
             continue
@@ -206,15 +242,15 @@ def _score_vessel(image, mask, vessel, spacing, settings, offset_z):
         n_vox = int(own.sum())
         volume = n_vox * voxel_volume * settings.volume_scale
         mean_hu = float(values[own].mean())
-        peak = max(pk for _, _, pk in per_slice)
+        weight_peak = max(pk for _, _, pk in per_slice)
         lesion = {
             "vessel": vessel,
             "slice": int(per_slice[0][0] + offset_z),
             "n_slices": len(per_slice),
             "area_mm2": round(largest * pixel_area, 4),
-            "peak_hu": round(peak, 1),
+            "peak_hu": round(float(values[own].max()), 1),
             "mean_hu": round(mean_hu, 1),
-            "weight": agatston_weight(peak, settings.weight_thresholds_hu),
+            "weight": agatston_weight(weight_peak, settings.weight_thresholds_hu),
             "agatston": round(agatston, 4),
             "volume_mm3": round(volume, 4),
             "voxels": n_vox,
@@ -262,9 +298,12 @@ def score_calcium(image_hu: np.ndarray, calcium_labels: np.ndarray, spacing,
         # Work inside the bounding box of the calcium regions: fast on clinical volumes.
         box = bounding_box(present)
         sub_img, sub_lab = image_hu[box], calcium_labels[box]
+        slab = effective.weight_slab_mm
+        sub_peaks = (_slab_averaged(image_hu, box, spacing[0], slab)
+                     if slab is not None and slab > spacing[0] else None)
         for i, vessel in enumerate(VESSELS, start=1):
             lesions += _score_vessel(sub_img, sub_lab == i, vessel, spacing, effective,
-                                     box[0].start)
+                                     box[0].start, sub_peaks)
     lesions.sort(key=lambda d: (VESSELS.index(d["vessel"]), d["slice"]))
 
     def total(key):

@@ -24,6 +24,12 @@ def test_settings_move_threshold_and_weight_bins():
                                [t * gain + 0.2 * 560 for t in (130, 200, 300, 400)])
     assert s.threshold_hu == pytest.approx(130 * gain + 112)
     assert not s.kvp_specific
+    # The weight bins may take their own part of CF; the slab goes to the settings.
+    own = ccta_scoring_settings(560.0, CctaScoringParams(
+        offset_fraction=0.2, weight_offset_fraction=0.5, weight_slab_mm=3.0), kvp=120)
+    assert own.threshold_hu == pytest.approx(130 + 112)
+    np.testing.assert_allclose(own.weight_thresholds_hu, [t + 280 for t in (130, 200, 300, 400)])
+    assert own.weight_slab_mm == 3.0 and s.weight_slab_mm is None
     # Unknown kVp: only the calibration factor moves the bins.
     unknown = ccta_scoring_settings(560.0, params)
     assert unknown.weight_thresholds_hu[3] == pytest.approx(400 * np.sqrt(1.6) + 112)
@@ -85,10 +91,13 @@ def test_fit_scores_each_case_as_the_full_image_does():
     touching.calcium_labels[10, 30, 30] = 4
     touching.calcium_labels[11, 31, 31] = 2
     touching.image[10:12, 30:32, 30:32] = 900.0
+    slab = CctaScoringParams(weight_slab_mm=3.0, weight_offset_fraction=0.1)
     for case in cases:
-        compact = _compact(case)
-        assert compact.image.size < case.image.size
-        for params in (CctaScoringParams(), CctaScoringParams(offset_fraction=0.4),
-                       CctaScoringParams(kvp_exponent=2.0, agatston_scale=1.7)):
-            assert ccta_agatston(compact, params) == pytest.approx(ccta_agatston(case, params),
-                                                                   abs=1e-9)
+        for compact, all_params in (
+                (_compact(case), (CctaScoringParams(), CctaScoringParams(offset_fraction=0.4),
+                                  CctaScoringParams(kvp_exponent=2.0, agatston_scale=1.7))),
+                (_compact(case, 3.0), (CctaScoringParams(), slab))):
+            assert compact.image.size < case.image.size
+            for params in all_params:
+                assert ccta_agatston(compact, params) == pytest.approx(
+                    ccta_agatston(case, params), abs=1e-9)

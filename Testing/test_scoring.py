@@ -128,6 +128,29 @@ def test_thin_slices_normalized_to_3mm():
     assert raw.agatston["LAD"] == pytest.approx(2 * 4 * 2)
 
 
+def test_weight_read_over_a_slab_weighs_thin_calcium_as_a_thick_slice_does():
+    """With ``weight_slab_mm`` a calcification thinner than the slab loses weight (its peak is
+    averaged with the slices around it); one as thick as the slab keeps it; the area, volume
+    and reported peak are the slices' own; slices at least that thick are unaffected."""
+    sp = (0.5, 0.5, 0.5)
+    img, lab = blank((20, 20, 20))
+    lab[:] = 2
+    img[4, 5:9, 5:9] = 700.0           # 0.5 mm thin: slab mean (700 + 5 * 40) / 6 = 150 HU
+    img[10:17, 12:16, 12:16] = 700.0   # 3.5 mm thick: its middle slices stay at 700 HU
+    slab = ScoringSettings(weight_slab_mm=3.0)
+    thin, averaged = score_calcium(img, lab, sp), score_calcium(img, lab, sp, slab)
+    weights = {les["slice"]: les["weight"] for les in averaged.lesions}
+    assert weights[4] == 1 and weights[13] == 4
+    assert [les["weight"] for les in thin.lesions] == [4] * 8
+    assert averaged.volume_mm3 == thin.volume_mm3
+    assert {les["peak_hu"] for les in averaged.lesions} == {700.0}
+    assert averaged.agatston["LAD"] < thin.agatston["LAD"]
+    thick = score_calcium(img[::6], lab[::6], (3.0, 0.5, 0.5), slab)
+    assert thick.agatston == score_calcium(img[::6], lab[::6], (3.0, 0.5, 0.5)).agatston
+    with pytest.raises(InputError):
+        ScoringSettings(weight_slab_mm=0.0)
+
+
 def test_3d_lesions_group_slices_and_keep_per_slice_weights():
     img, lab = blank((4, 20, 20))
     lab[:] = 1
