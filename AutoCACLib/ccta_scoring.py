@@ -13,10 +13,10 @@ with CF the calibration factor (representative coronary lumen attenuation, HU) a
 ``kvp_calcium_factor`` the hydroxyapatite factor of :mod:`AutoCACLib.scoring` (1 when the kVp
 is unknown; the CF term then carries the tube voltage, as in the paper). The weight bins may
 take their own part of CF (``weight_offset_fraction``), and each lesion's weight may be read
-from the CCTA averaged over a 3 mm slab (``weight_slab_mm``): a calcification thinner than the
-CSCT's slice then weighs what the CSCT gives it, where the thin slice shows its full peak. Each
-lesion's
-Agatston score and volume are then multiplied by ``agatston_scale`` and ``volume_scale``: thin
+from the CCTA averaged over a 3 mm slab (``weight_slab_mm``): a calcification thinner than
+the CSCT's slice then weighs what the CSCT gives it, where the thin slice shows its full peak.
+Each lesion's Agatston score and volume are then multiplied by ``agatston_scale`` and
+``volume_scale``: thin
 (0.5-0.75 mm) contrast slices show calcium sharper than the 3 mm CSCT, whose blur and partial
 volume spread each calcification over a larger area at 130 HU. The parameters are fitted
 against CSCT reference scores by :func:`fit_ccta_scoring`.
@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium, slab_profile
+from .scoring import ScoringSettings, kvp_calcium_factor, score_calcium, slab_reach
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def _compact(case: CctaCase, slab_mm: float | None = None) -> CctaCase:
     regions, n = ndimage.label(case.calcium_labels > 0, np.ones((3, 3, 3), bool))
     if n == 0:
         return case
-    reach = len(slab_profile(case.spacing[0], slab_mm)) // 2 if slab_mm else 0
+    reach = slab_reach(case.spacing[0], slab_mm) if slab_mm else 0
     crops = []
     for index, box in enumerate(ndimage.find_objects(regions), start=1):
         z0, z1 = box[0].start - reach, box[0].stop + reach

@@ -6,8 +6,9 @@ a lesion counts when its area reaches the minimum. Its Agatston contribution is
 ``area_mm2 x weight`` per slice, where the weight comes from the peak HU of the lesion in that
 slice (130-199: 1, 200-299: 2, 300-399: 3, >= 400: 4), scaled by ``increment / 3 mm`` for images
 that are not 3 mm. With ``weight_slab_mm`` the peak is read from the image averaged over a slab
-of that thickness around each slice, as a thicker slice would show it. Volume is the voxel count times the voxel volume; mass is
-``c x 1e-3 x volume_mm3 x mean_HU`` mg when a calibration ``c`` (mg HA/cm^3 per HU) is given.
+of that thickness around each slice, as a thicker slice would show it. Volume is the voxel
+count times the voxel volume; mass is ``c x 1e-3 x volume_mm3 x mean_HU`` mg when a
+calibration ``c`` (mg HA/cm^3 per HU) is given.
 
 Every convention is a field of :class:`ScoringSettings` and is written into every result.
 """
@@ -185,12 +186,18 @@ def _structure(settings: ScoringSettings) -> np.ndarray:
     return s
 
 
+def slab_reach(increment_mm: float, slab_mm: float) -> int:
+    """How many slices on each side of a slice a slab of ``slab_mm`` centred on it reaches
+    (in part), for slices ``increment_mm`` apart (0 when the slab is no thicker than one)."""
+    return int(np.ceil(slab_mm / 2.0 / increment_mm - 0.5))
+
+
 def slab_profile(increment_mm: float, slab_mm: float) -> np.ndarray:
     """Weights (summing to 1) of the slices within a slab of ``slab_mm`` centred on a slice,
     for slices ``increment_mm`` apart: a box profile, the end slices weighted by the part of
     their interval inside the slab."""
     half = slab_mm / 2.0
-    n = int(np.ceil(half / increment_mm - 0.5))
+    n = slab_reach(increment_mm, slab_mm)
     centres = np.arange(-n, n + 1) * increment_mm
     inside = (np.minimum(centres + increment_mm / 2, half)
               - np.maximum(centres - increment_mm / 2, -half))
@@ -202,11 +209,11 @@ def _slab_averaged(image: np.ndarray, box: tuple, increment_mm: float, slab_mm: 
                    ) -> np.ndarray:
     """``image[box]`` averaged along z over a slab (:func:`slab_profile`), using the slices
     beyond the box that the slab reaches (edge slices repeated at the image's ends)."""
-    profile = slab_profile(increment_mm, slab_mm)
-    reach = len(profile) // 2
+    reach = slab_reach(increment_mm, slab_mm)
     z0, z1 = max(box[0].start - reach, 0), min(box[0].stop + reach, image.shape[0])
     wide = image[(slice(z0, z1),) + tuple(box[1:])].astype(np.float32)
-    averaged = ndimage.convolve1d(wide, profile.astype(np.float32), axis=0, mode="nearest")
+    profile = slab_profile(increment_mm, slab_mm).astype(np.float32)
+    averaged = ndimage.convolve1d(wide, profile, axis=0, mode="nearest")
     return averaged[box[0].start - z0:box[0].stop - z0]
 
 
