@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from .acquisition_qc import acquisition_warnings, field_of_view_cuts, step_artefacts
 from .errors import Cancelled, InputError
 from .results import scores_document
 from .scoring import ScoringSettings, score_volume, stored_slices
@@ -62,26 +63,6 @@ class PipelineResult:
     @property
     def status(self) -> str:
         return self.scores["status"]
-
-
-def acquisition_warnings(volume: Volume) -> list[str]:
-    """Warnings about how the image was acquired (resolution, gating, tube voltage)."""
-    warnings = []
-    md = volume.metadata
-    thickness = float(md.get("slice_thickness_mm") or volume.spacing[0])
-    if thickness > 1.0 or volume.spacing[0] > 1.0:
-        warnings.append(f"slices are {max(thickness, volume.spacing[0]):.2g} mm thick (CCTA is "
-                        f"usually <= 0.75 mm): small plaques are missed and scores are less "
-                        f"reliable")
-    if max(volume.spacing[1:]) > 0.6:
-        warnings.append(f"in-plane pixels are {max(volume.spacing[1:]):.2g} mm (CCTA is usually "
-                        f"0.3-0.5 mm): small vessels may be missed")
-    if md.get("source_format") == "dicom" and not md.get("cardiac_synchronization"):
-        warnings.append("no ECG gating information in the DICOM header: motion may blur "
-                        "the coronaries")
-    if volume.kvp is None:
-        warnings.append("tube voltage unknown: assumed 100 kVp for calcium attenuation")
-    return warnings
 
 
 def _failed(volume, reason, timings, warnings, inputs, labels=None, details=None):
@@ -308,9 +289,26 @@ def _run_axial(volume: Volume, device, settings, progress, cancel, models, model
     if tree.qc.tree_missing:
         return _failed(volume, "coronary tree missing: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)
+    steps = step_artefacts(volume, tree.vessel_index > 0)
+    cuts = field_of_view_cuts(tree.vessel_index, volume.spacing, VESSELS)
+    details.update(steps=steps, field_of_view_cuts=cuts)
+    lap("acquisition_qc")
+    if steps and steps[0].severe:
+        return _failed(volume, "motion artefacts: " + "; ".join(s.describe() for s in steps)
+                       + " (slabs from different heartbeats): vessels and plaques at a step "
+                       "are torn apart or doubled", timings, warnings, inputs, labels, details)
+    warnings += [f"step artefact: {s.describe()}: calcium near it is less reliable"
+                 for s in steps]
     if tree.qc.unusable:
         return _failed(volume, "coronary tree not usable: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)
+    if cuts and cuts[0].wide:
+        return _failed(volume, "field of view cuts through the heart: "
+                       + "; ".join(c.describe() for c in cuts if c.wide)
+                       + ": the calcium beyond the image would be missing from the scores",
+                       timings, warnings, inputs, labels, details)
+    warnings += [f"field of view: {c.describe()}; calcium beyond the image is not counted"
+                 for c in cuts]
     if tree.qc.incomplete:
         return _failed(volume, "coronary tree incomplete: " + " ".join(tree.qc.findings())
                        + " Its calcium would be missing from the scores.", timings, warnings,

@@ -15,7 +15,7 @@ from AutoCACLib.cli import main
 from AutoCACLib.errors import Cancelled
 from AutoCACLib.phantom import make_case
 from AutoCACLib.pipeline import load_pipeline_models, run_pipeline
-from AutoCACLib.segments import CALCIUM_LABEL, SEGMENT_BY_LABEL, VESSELS
+from AutoCACLib.segments import CALCIUM_LABEL, SEGMENT_BY_LABEL, VESSEL_LABEL, VESSELS
 from AutoCACLib.volume import Volume, write_volume
 
 
@@ -108,6 +108,44 @@ def test_image_without_aorta_fails_with_a_reason(models):
     result = run_pipeline(Volume(a, (1.0, 0.8, 0.8), kvp=100), device="cpu", models=models)
     assert result.status == "failed"
     assert result.scores["failure_reason"]
+
+
+def _tree_middle_slice(case) -> int:
+    vessels = np.isin(case.ccta_labels, list(VESSEL_LABEL.values()))
+    z = np.flatnonzero(vessels.any(axis=(1, 2)))
+    return int(z[0] + z[-1]) // 2
+
+
+def test_field_of_view_cutting_through_the_heart_fails_with_a_reason(small_case, models):
+    # A scan that stops half-way down the heart: the arteries run off its bottom edge while
+    # still wide, and their calcium beyond the image would be missing.
+    v, cut = small_case.ccta, _tree_middle_slice(small_case)
+    origin = np.asarray(v.origin) + np.asarray(v.direction) @ [0.0, 0.0, cut * v.spacing[0]]
+    upper = Volume(v.array[cut:].copy(), v.spacing, tuple(origin), v.direction, v.kvp,
+                   dict(v.metadata))
+    result = run_pipeline(upper, device="cpu", models=models)
+    assert result.status == "failed" and result.scores["agatston"] is None
+    reason = result.scores["failure_reason"]
+    assert reason.startswith("field of view cuts through the heart")
+    assert "leaves the image at its bottom (feet) edge" in reason
+    assert (result.labels > 0).any()
+
+
+def test_step_between_heartbeats_fails_as_motion_artefact(small_case, models):
+    # The upper half of the scan comes from a heartbeat 4 mm away from the lower half's.
+    from scipy import ndimage
+
+    v, z = small_case.ccta, _tree_middle_slice(small_case)
+    moved = v.array.copy()
+    moved[z:] = ndimage.shift(moved[z:], (0, 2.4 / v.spacing[1], 3.2 / v.spacing[2]),
+                              order=1, mode="nearest")
+    result = run_pipeline(Volume(moved, v.spacing, v.origin, v.direction, v.kvp,
+                                 dict(v.metadata)), device="cpu", models=models)
+    assert result.status == "failed"
+    reason = result.scores["failure_reason"]
+    assert reason.startswith("motion artefacts")
+    height = v.origin[2] + (z - 0.5) * v.spacing[0]     # axial, head up: S of the boundary
+    assert f"at S = {height:.1f} mm" in reason
 
 
 def test_implausible_tree_fails_instead_of_giving_a_number(small_case, models, monkeypatch):

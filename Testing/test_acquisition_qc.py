@@ -1,0 +1,89 @@
+"""Acquisition checks: a field of view that cuts the coronaries, steps between heartbeats."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from AutoCACLib.acquisition_qc import STEP_FAIL_MM, field_of_view_cuts, step_artefacts
+from AutoCACLib.volume import Volume
+
+SPACING = (0.5, 0.4, 0.4)
+
+
+def _tube(shape, spacing, start, end, radius):
+    """Mask of a straight tube from ``start`` to ``end`` (mm, z y x) of ``radius`` mm."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)],
+                                indexing="ij"), axis=-1)
+    a, b = np.asarray(start, float), np.asarray(end, float)
+    t = np.clip(((grid - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
+    return np.linalg.norm(grid - (a + t[..., None] * (b - a)), axis=-1) <= radius
+
+
+def test_wide_vessel_off_the_bottom_and_thin_one_off_the_side_are_told_apart():
+    shape = (40, 60, 60)
+    index = np.zeros(shape, np.uint8)
+    index[_tube(shape, SPACING, (-5, 12, 12), (15, 12, 12), 2.0)] = 2       # LAD, 4 mm
+    index[_tube(shape, SPACING, (10, 6, 12), (10, 6, 30), 0.8)] = 3         # LCx, 1.6 mm
+    index[_tube(shape, SPACING, (8, 18, 8), (14, 18, 16), 1.5)] = 4        # RCA, inside
+    cuts = field_of_view_cuts(index, SPACING, ("LM", "LAD", "LCx", "RCA"))
+    assert [(c.vessel, c.edge) for c in cuts] == [("LAD", "bottom (feet)"), ("LCx", "left")]
+    lad, lcx = cuts
+    assert lad.diameter_mm == pytest.approx(4.0, abs=0.6) and lad.wide
+    assert lcx.diameter_mm == pytest.approx(1.6, abs=0.6) and not lcx.wide
+    assert "LAD leaves the image at its bottom (feet) edge (4" in lad.describe()
+
+
+def test_no_cut_when_the_tree_stays_inside():
+    index = np.zeros((20, 30, 30), np.uint8)
+    index[5:15, 10:20, 10:20] = 1
+    assert field_of_view_cuts(index, SPACING, ("LM", "LAD", "LCx", "RCA")) == []
+
+
+def _heart_like(rng, shape=(100, 150, 150)):
+    """Blood pools and walls whose outline drifts slowly along z, fat around, CT noise."""
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    image = np.full(shape, -60.0, np.float32)
+    for cy, cx, r, drift in ((60, 60, 22, 0.10), (85, 95, 15, -0.08), (50, 105, 9, 0.05)):
+        d = np.hypot(y - cy - drift * z, x - cx + drift * z)
+        image[d < r + 4] = 110.0                      # wall
+        image[d < r - 0.05 * z / 10] = 380.0          # contrast blood, narrowing
+    return image + ndimage.gaussian_filter(rng.normal(0, 40, shape), 0.7).astype(np.float32)
+
+
+def test_step_between_slabs_is_found_where_it_is_and_measured():
+    rng = np.random.default_rng(3)
+    image = _heart_like(rng)
+    tree = np.zeros(image.shape, bool)
+    tree[10:90, 30:120, 30:120] = True
+    assert step_artefacts(Volume(image, SPACING), tree) == []
+    for shift_mm, severe in ((1.6, False), (3.5, True)):
+        stepped = image.copy()
+        stepped[55:] = ndimage.shift(image[55:], (0, shift_mm / 0.4, 0), order=1,
+                                     mode="nearest")
+        steps = step_artefacts(Volume(stepped, SPACING, origin=(0.0, 0.0, -100.0)), tree)
+        assert [s.slice for s in steps] == [55]
+        assert steps[0].height_mm == pytest.approx(-100.0 + 54.5 * SPACING[0])
+        assert steps[0].shift_mm == pytest.approx(shift_mm, abs=0.7)
+        assert steps[0].severe == severe == (steps[0].shift_mm >= STEP_FAIL_MM)
+
+
+def test_anatomy_that_changes_is_not_a_step():
+    # The heart's floor giving way to the liver: the slabs differ, but no move explains it.
+    rng = np.random.default_rng(4)
+    image = _heart_like(rng)
+    image[:50] = 60.0 + ndimage.gaussian_filter(rng.normal(0, 40, image[:50].shape), 0.7)
+    image[:50, 100:110, 20:40] = 300.0                # a hepatic vessel
+    tree = np.zeros(image.shape, bool)
+    tree[10:90, 30:120, 30:120] = True
+    assert step_artefacts(Volume(image, SPACING), tree) == []
+
+
+def test_steady_drift_of_tilted_anatomy_is_not_a_step():
+    # Thick slices through a tilted heart: each slice lies 0.5 mm beside the one below it.
+    rng = np.random.default_rng(5)
+    image = _heart_like(rng)
+    for z in range(len(image)):
+        image[z] = ndimage.shift(image[z], (0, 0.5 * (z - 50) / 0.4), order=1, mode="nearest")
+    tree = np.zeros(image.shape, bool)
+    tree[10:90, 30:120, 30:120] = True
+    assert step_artefacts(Volume(image, SPACING), tree) == []
