@@ -63,6 +63,7 @@ def evaluate_case(folder: Path, models, device: str) -> dict:
     ref = truth["reference"]["agatston"]
     row = {"case": folder.name, "kvp": truth["kvp"], "status": result.status,
            "failure_reason": result.scores["failure_reason"] or "",
+           "warnings": " | ".join(result.scores["warnings"]),
            "seconds": result.scores["timings_s"]["total"],
            "calibration_factor": result.scores["calibration_factor"]}
     qc = result.details.get("postprocess_qc")   # the tree's QC facts, where it got that far

@@ -1,5 +1,6 @@
 """autocac evaluate: Dice, agreement tables and figures from per-case rows, and a real run."""
 
+import csv
 import json
 
 import numpy as np
@@ -61,3 +62,7 @@ def test_evaluate_command_on_a_small_cohort(tmp_path):
         assert (tmp_path / "ev" / name).is_file(), name
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n_cases"] == 1
+    with open(tmp_path / "ev" / "cases.csv") as f:
+        row = next(csv.DictReader(f))
+    # a researcher sorting a cohort by what the pipeline warned about finds it per case
+    assert "in-plane pixels are" in row["warnings"]   # small cases have 1 mm pixels
