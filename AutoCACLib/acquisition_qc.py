@@ -216,7 +216,8 @@ def step_artefacts(volume: Volume, tree: np.ndarray) -> list[StepArtefact]:
     for z in range(h, len(sub) - h + 1):
         around = np.clip(z + window, h, len(sub) - h)
         excess[z] = np.hypot(*((moves[z] - np.median(moves[around], axis=0)) * pixel))
-    peaks = (excess >= STEP_WARN_MM) & (excess == ndimage.maximum_filter1d(excess, 2 * h + 1))
+    peaks = ((excess >= STEP_WARN_MM) & (excess == ndimage.maximum_filter1d(excess, 2 * h + 1))
+             & np.r_[True, excess[1:] > excess[:-1]])     # a flat top is one step
     to_lps = ijk_to_lps(volume)
     centre = (np.array(volume.shape[:0:-1]) - 1) / 2
 
