@@ -134,10 +134,10 @@ class CctaCase:
     reference_agatston: float
 
 
-#: Values tried for each parameter by :func:`fit_ccta_scoring`.
 #: Factors on the grid search's Agatston scale tried last (1% apart, up to 12% either way).
 SCALE_REFINEMENT = tuple(np.exp(np.linspace(-0.12, 0.12, 25)))
 
+#: Values tried for each parameter by :func:`fit_ccta_scoring`.
 DEFAULT_GRID = {
     "offset_fraction": tuple(np.round(np.linspace(0.0, 0.6, 13), 3)),
     "cf_exponent": tuple(np.round(np.linspace(-1.0, 1.5, 11), 3)),
@@ -193,9 +193,15 @@ def scoring_loss(cases: Sequence[CctaCase], params: CctaScoringParams,
     The log keeps large scores from dominating; the absolute value keeps outliers (a failed
     segmentation) from pulling the fit.
     """
-    errors = [abs(np.log1p(ccta_agatston(c, params, base)) - np.log1p(c.reference_agatston))
-              for c in cases]
-    return float(np.mean(errors))
+    return log_score_error([ccta_agatston(c, params, base) for c in cases],
+                           [c.reference_agatston for c in cases])
+
+
+def log_score_error(scores, references) -> float:
+    """Mean absolute difference of ``log(1 + score)`` between scores and their references
+    (the loss of every score fit: :func:`scoring_loss`, the scales)."""
+    return float(np.mean(np.abs(np.log1p(np.asarray(scores, float))
+                                - np.log1p(np.asarray(references, float)))))
 
 
 def fit_ccta_scoring(cases: Sequence[CctaCase], start: CctaScoringParams = CctaScoringParams(),
@@ -258,9 +264,9 @@ def _refined_scale(cases: Sequence[CctaCase], params: CctaScoringParams, loss: f
     the cases serves every step."""
     raw = np.array([ccta_agatston(c, dataclasses.replace(params, agatston_scale=1.0), base)
                     for c in cases])
-    ref = np.log1p([c.reference_agatston for c in cases])
+    ref = [c.reference_agatston for c in cases]
     scales = params.agatston_scale * np.asarray(SCALE_REFINEMENT)
-    losses = [float(np.mean(np.abs(np.log1p(raw * s) - ref))) for s in scales]
+    losses = [log_score_error(raw * s, ref) for s in scales]
     best = int(np.argmin(losses))
     if losses[best] >= loss - 1e-12:
         return params, loss

@@ -36,7 +36,7 @@ import numpy as np
 from .calcium import CalciumParams, detect_calcium
 from .calibration import AortaFeatures, CalibrationModel, aorta_features, train_calibration
 from .ccta_scoring import (CctaCase, CctaScoringParams, ccta_scoring_settings,
-                           fit_ccta_scoring)
+                           fit_ccta_scoring, log_score_error)
 from .centerlines import Centerline, vessel_centerlines
 from .errors import InputError
 from .pipeline import (CALCIUM_PARAMS_FILE, CALIBRATION_MODEL_FILE, SCORING_PARAMS_FILE,
@@ -262,8 +262,8 @@ def case_scores(case: TrainingCase, calcium: np.ndarray, calibration_factor: flo
 def _fit_volume_scale(cases, detections, factors, scoring) -> CctaScoringParams:
     unit = dataclasses.replace(scoring, volume_scale=1.0)
     raw = np.array([case_scores(c, d, f, unit)[1] for c, d, f in zip(cases, detections, factors)])
-    ref = np.array([c.reference_volume_mm3 for c in cases])
-    errors = [np.mean(np.abs(np.log1p(raw * s) - np.log1p(ref))) for s in VOLUME_SCALES]
+    ref = [c.reference_volume_mm3 for c in cases]
+    errors = [log_score_error(raw * s, ref) for s in VOLUME_SCALES]
     return dataclasses.replace(scoring, volume_scale=float(VOLUME_SCALES[int(np.argmin(errors))]))
 
 
