@@ -107,24 +107,30 @@ def field_of_view_cuts(vessel_index: np.ndarray, spacing, vessels) -> list[EdgeC
         Widest cut first.
     """
     spacing = np.asarray(spacing, float)
+    reach = np.ceil(2 * WIDE_CUT_MM / spacing).astype(int)
     cuts = []
     for axis, side, name in _EDGES:
         depth = max(1, int(round(_EDGE_LAYER_MM / spacing[axis])))
         n = vessel_index.shape[axis]
+        near = min(n, depth + reach[axis])    # the slab along this edge that a width needs
+        slab = [slice(None)] * 3
+        slab[axis] = slice(0, near) if side == 0 else slice(n - near, n)
+        region = vessel_index[tuple(slab)]
         layer = [slice(None)] * 3
-        layer[axis] = slice(0, depth) if side == 0 else slice(n - depth, n)
-        at_edge = vessel_index[tuple(layer)]
+        layer[axis] = slice(0, depth) if side == 0 else slice(near - depth, near)
+        at_edge = region[tuple(layer)]
         for i in np.unique(at_edge[at_edge > 0]):
             cuts.append(EdgeCut(vessels[int(i) - 1], name,
-                                _width_at_edge(vessel_index == i, tuple(layer), spacing)))
+                                _width_at_edge(region == i, tuple(layer), spacing, reach)))
     return sorted(cuts, key=lambda c: -c.diameter_mm)
 
 
-def _width_at_edge(mask: np.ndarray, layer: tuple, spacing: np.ndarray) -> float:
-    """Twice the largest distance to the vessel's wall among its voxels in ``layer``."""
+def _width_at_edge(mask: np.ndarray, layer: tuple, spacing: np.ndarray,
+                   reach: np.ndarray) -> float:
+    """Twice the largest distance to the vessel's wall among its voxels in ``layer``, the
+    walls being sought within ``reach`` voxels of them."""
     touching = np.zeros(mask.shape, bool)
     touching[layer] = mask[layer]
-    reach = np.ceil(2 * WIDE_CUT_MM / spacing).astype(int)
     box = bounding_box(touching, margin=reach)
     inside = ndimage.distance_transform_edt(mask[box], sampling=spacing)
     return float(2 * inside[touching[box]].max())
