@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .acquisition_qc import acquisition_warnings, field_of_view_cuts, step_artefacts
+from .acquisition_qc import acquisition_warnings, field_of_view_cuts, slab_artefacts
 from .errors import Cancelled, InputError
 from .results import scores_document
 from .scoring import ScoringSettings, score_volume, stored_slices
@@ -289,9 +289,9 @@ def _run_axial(volume: Volume, device, settings, progress, cancel, models, model
     if tree.qc.tree_missing:
         return _failed(volume, "coronary tree missing: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)
-    steps = step_artefacts(volume, tree.vessel_index > 0)
+    steps, jumps = slab_artefacts(volume, tree.vessel_index > 0)
     cuts = field_of_view_cuts(tree.vessel_index, volume.spacing, VESSELS)
-    details.update(steps=steps, field_of_view_cuts=cuts)
+    details.update(steps=steps, slice_jumps=jumps, field_of_view_cuts=cuts)
     lap("acquisition_qc")
     if steps and steps[0].severe:
         return _failed(volume, "motion artefacts: " + "; ".join(s.describe() for s in steps)
@@ -299,6 +299,8 @@ def _run_axial(volume: Volume, device, settings, progress, cancel, models, model
                        "are torn apart or doubled", timings, warnings, inputs, labels, details)
     warnings += [f"step artefact: {s.describe()}: calcium near it is less reliable"
                  for s in steps]
+    warnings += [f"slab artefact: {j.describe()}: calcium near it may be missed or doubled"
+                 for j in jumps]
     if tree.qc.unusable:
         return _failed(volume, "coronary tree not usable: " + " ".join(tree.qc.findings()),
                        timings, warnings, inputs, labels, details)

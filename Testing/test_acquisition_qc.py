@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from AutoCACLib.acquisition_qc import STEP_FAIL_MM, field_of_view_cuts, step_artefacts
+from AutoCACLib.acquisition_qc import (JUMP_WARN_RATIO, STEP_FAIL_MM, field_of_view_cuts,
+                                       slab_artefacts)
 from AutoCACLib.volume import Volume
 
 SPACING = (0.5, 0.4, 0.4)
@@ -55,16 +56,17 @@ def test_step_between_slabs_is_found_where_it_is_and_measured():
     image = _heart_like(rng)
     tree = np.zeros(image.shape, bool)
     tree[10:90, 30:120, 30:120] = True
-    assert step_artefacts(Volume(image, SPACING), tree) == []
+    assert slab_artefacts(Volume(image, SPACING), tree) == ([], [])
     for shift_mm, severe in ((1.6, False), (3.5, True)):
         stepped = image.copy()
         stepped[55:] = ndimage.shift(image[55:], (0, shift_mm / 0.4, 0), order=1,
                                      mode="nearest")
-        steps = step_artefacts(Volume(stepped, SPACING, origin=(0.0, 0.0, -100.0)), tree)
+        steps, jumps = slab_artefacts(Volume(stepped, SPACING, origin=(0.0, 0.0, -100.0)), tree)
         assert [s.slice for s in steps] == [55]
         assert steps[0].height_mm == pytest.approx(-100.0 + 54.5 * SPACING[0])
         assert steps[0].shift_mm == pytest.approx(shift_mm, abs=0.7)
         assert steps[0].severe == severe == (steps[0].shift_mm >= STEP_FAIL_MM)
+        assert jumps == []                  # the slices do not join there: told as the step
 
 
 def test_anatomy_that_changes_is_not_a_step():
@@ -75,7 +77,7 @@ def test_anatomy_that_changes_is_not_a_step():
     image[:50, 100:110, 20:40] = 300.0                # a hepatic vessel
     tree = np.zeros(image.shape, bool)
     tree[10:90, 30:120, 30:120] = True
-    assert step_artefacts(Volume(image, SPACING), tree) == []
+    assert slab_artefacts(Volume(image, SPACING), tree)[0] == []
 
 
 def test_steady_drift_of_tilted_anatomy_is_not_a_step():
@@ -86,4 +88,34 @@ def test_steady_drift_of_tilted_anatomy_is_not_a_step():
         image[z] = ndimage.shift(image[z], (0, 0.5 * (z - 50) / 0.4), order=1, mode="nearest")
     tree = np.zeros(image.shape, bool)
     tree[10:90, 30:120, 30:120] = True
-    assert step_artefacts(Volume(image, SPACING), tree) == []
+    assert slab_artefacts(Volume(image, SPACING), tree)[0] == []
+
+
+def _chambers(rng, shape=(100, 150, 150)):
+    """Rounded blood pools whose cross-sections grow and shrink along z, fat, CT noise."""
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    image = np.full(shape, -60.0, np.float32)
+    for c, r in (((50, 60, 60), (45, 30, 28)), ((40, 90, 95), (35, 20, 22)),
+                 ((65, 50, 105), (25, 12, 12))):
+        d = np.sqrt(sum(((g - ci) / ri) ** 2 for g, ci, ri in zip((z, y, x), c, r)))
+        image[d < 1.15] = 110.0                       # wall
+        image[d < 1.0] = 380.0                        # contrast blood
+    return image + ndimage.gaussian_filter(rng.normal(0, 40, shape), 0.7).astype(np.float32)
+
+
+def test_slices_that_do_not_join_are_found_where_they_are():
+    rng = np.random.default_rng(6)
+    image = _chambers(rng)
+    tree = np.zeros(image.shape, bool)
+    tree[10:90, 30:120, 30:120] = True
+    assert slab_artefacts(Volume(image, SPACING), tree) == ([], [])
+    skipped = np.concatenate([image[:50], image[56:]])           # 3 mm of the heart missing
+    misplaced = np.concatenate([image[:50], image[44:]])         # a slab 3 mm too low
+    for moved in (skipped, misplaced):
+        steps, jumps = slab_artefacts(Volume(moved, SPACING, origin=(0.0, 0.0, -100.0)),
+                                      tree[:len(moved)])
+        assert steps == []
+        assert [j.slice for j in jumps] == [50]
+        assert jumps[0].height_mm == pytest.approx(-100.0 + 49.5 * SPACING[0])
+        assert jumps[0].ratio >= JUMP_WARN_RATIO
+        assert "S = -75.2 mm" in jumps[0].describe()

@@ -48,6 +48,7 @@ def test_run_gives_the_scores_contract_and_a_label_map(small_case, models):
     pixel = max(small_case.ccta.spacing[1:])
     assert pixel > 0.9
     assert any(f"in-plane pixels are {pixel:.2g} mm" in w for w in doc["warnings"])
+    assert not any(w.startswith(("slab artefact", "step artefact")) for w in doc["warnings"])
     if doc["status"] == "ok":
         assert set(doc["agatston"]) == {*VESSELS, "total"}
         assert doc["calibration_factor"] > 150
@@ -146,6 +147,26 @@ def test_step_between_heartbeats_fails_as_motion_artefact(small_case, models):
     assert reason.startswith("motion artefacts")
     height = v.origin[2] + (z - 0.5) * v.spacing[0]     # axial, head up: S of the boundary
     assert f"at S = {height:.1f} mm" in reason
+    assert all(abs(j.slice - z) > 1 for j in result.details["slice_jumps"])   # told once
+
+
+def test_slab_skipped_between_heartbeats_is_a_warning(small_case, models):
+    # 6 mm of the heart missing where two heartbeats' slabs meet: scored, with a warning.
+    v = small_case.ccta
+    vessels = np.isin(small_case.ccta_labels, list(VESSEL_LABEL.values()))
+    z = np.flatnonzero(vessels.any(axis=(1, 2)))
+    # (above the middle: on this coarse case the networks find only the upper arteries)
+    k, gap = int(np.percentile(z, 60)), int(round(6.0 / v.spacing[0]))
+    skipped = np.concatenate([v.array[:k], v.array[k + gap:]])
+    result = run_pipeline(Volume(skipped, v.spacing, v.origin, v.direction, v.kvp,
+                                 dict(v.metadata)), device="cpu", models=models)
+    height = v.origin[2] + (k - 0.5) * v.spacing[0]     # axial, head up: S of the boundary
+    assert [w for w in result.scores["warnings"] if w.startswith("slab artefact")] == [
+        f"slab artefact: the slices do not join at S = {height:.1f} mm "
+        f"(the heart changes {result.details['slice_jumps'][0].ratio:.1f} times as much there "
+        f"as between neighbouring slices: slabs of two heartbeats that do not match, as where "
+        f"one is skipped or misplaced): "
+        f"calcium near it may be missed or doubled"]
 
 
 def test_implausible_tree_fails_instead_of_giving_a_number(small_case, models, monkeypatch):
