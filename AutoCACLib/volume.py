@@ -26,6 +26,8 @@ IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 #: A CT image has air near -1000 HU; anything whose range does not reach below this is not
 #: a CT in Hounsfield units (for example a label map or an MR image).
 _MIN_AIR_HU = -500.0
+_SPACING_TOLERANCE = 0.1     # relative spread of DICOM slice distances still called even
+_MAX_TILT_DEG = 0.5          # slices stacked this far off their normal are a gantry tilt
 
 
 @dataclass
@@ -213,7 +215,13 @@ def _read_dicom_series(folder: Path):
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
-    image = reader.Execute()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)    # uneven slices: told below, one line
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    _check_slice_positions(reader, files, folder)
 
     def tag(key):
         return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else None
@@ -235,6 +243,52 @@ def _read_dicom_series(folder: Path):
     metadata["source_format"] = "dicom"
     metadata["n_files"] = len(files)
     return image, kvp, metadata
+
+
+def _check_slice_positions(reader, files, folder: Path) -> None:
+    """Raise InputError unless the series' slices lie evenly spaced along their normal.
+
+    The series reader builds a grid from the first slices' spacing and orientation: slices
+    at the same position (two reconstructions in one series), missing slices or a gantry
+    tilt would give an image whose geometry, and so every volume and score, is wrong.
+    """
+    def vector(i, key):
+        if not reader.HasMetaDataKey(i, key):
+            return None
+        try:
+            return np.array([float(v) for v in reader.GetMetaData(i, key).split("\\")])
+        except ValueError:
+            return None
+
+    orientation = vector(0, "0020|0037")
+    positions = [vector(i, "0020|0032") for i in range(len(files))]
+    if orientation is None or len(orientation) != 6 or any(
+            p is None or len(p) != 3 for p in positions):
+        return                                   # nothing to check against
+    normal = np.cross(orientation[:3], orientation[3:])
+    order = np.argsort(np.array(positions) @ normal)
+    positions, files = np.array(positions)[order], [files[i] for i in order]
+    gaps = np.diff(positions @ normal)
+    typical = float(np.median(gaps))
+    same = gaps < 0.01                           # mm
+    if same.any():
+        raise InputError(f"DICOM series in {folder} has {int(same.sum())} slice(s) at the same "
+                         f"position as another (two reconstructions or acquisitions in one "
+                         f"series?): put each series in its own folder")
+    uneven = np.flatnonzero(np.abs(gaps - typical) > _SPACING_TOLERANCE * typical)
+    if len(uneven):
+        i = int(uneven[0])
+        raise InputError(f"DICOM series in {folder} has uneven slice spacing ({typical:.2f} mm, "
+                         f"but {gaps[i]:.2f} mm between {Path(files[i]).name} and "
+                         f"{Path(files[i + 1]).name}): slices are missing or misplaced; load "
+                         f"it in 3D Slicer with acquisition geometry regularization and save "
+                         f"it as NRRD")
+    stack = positions[-1] - positions[0]
+    tilt = np.degrees(np.arccos(min(1.0, abs(stack @ normal) / np.linalg.norm(stack))))
+    if tilt > _MAX_TILT_DEG:
+        raise InputError(f"DICOM series in {folder} was acquired with a gantry tilt of "
+                         f"{tilt:.1f} degrees: load it in 3D Slicer with acquisition geometry "
+                         f"regularization and save it as NRRD")
 
 
 def read_volume(path: str | os.PathLike, require_ct: bool = True) -> Volume:

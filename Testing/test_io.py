@@ -70,24 +70,49 @@ def test_image_round_trip_keeps_geometry_and_kvp(tmp_path, suffix):
         assert r.kvp == 100.0
 
 
-def test_dicom_series_keeps_kvp(tmp_path):
-    v = ct(shape=(4, 16, 16), spacing=(2.0, 0.5, 0.5))
-    for k in range(4):
+def _write_dicom_series(folder, v, positions):
+    """One DICOM file per slice of ``v``, slice k at ImagePositionPatient ``positions[k]``."""
+    for k, position in enumerate(positions):
         s = sitk.GetImageFromArray(v.array[k:k + 1].astype(np.int16))
-        s.SetSpacing((0.5, 0.5, 2.0))
-        s.SetOrigin((0.0, 0.0, 2.0 * k))
+        s.SetSpacing((v.spacing[2], v.spacing[1], v.spacing[0]))
+        s.SetOrigin(tuple(position))
         for key, value in {"0008|0060": "CT", "0018|0060": "80", "0020|0013": str(k + 1),
-                           "0020|0032": f"0\\0\\{2.0 * k}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                           "0020|000e": "1.2.3.4", "0018|0050": "2.0"}.items():
+                           "0020|0032": "\\".join(str(c) for c in position),
+                           "0020|0037": "1\\0\\0\\0\\1\\0", "0020|000e": "1.2.3.4",
+                           "0018|0050": str(v.spacing[0])}.items():
             s.SetMetaData(key, value)
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(tmp_path / f"s{k}.dcm"))
+        writer.SetFileName(str(folder / f"s{k}.dcm"))
         writer.Execute(s)
+
+
+def test_dicom_series_keeps_kvp(tmp_path):
+    v = ct(shape=(4, 16, 16), spacing=(2.0, 0.5, 0.5))
+    _write_dicom_series(tmp_path, v, [(0.0, 0.0, 2.0 * k) for k in range(4)])
     r = read_volume(tmp_path)
     assert r.shape == (4, 16, 16)
     assert r.kvp == 80.0
     assert r.spacing[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("heights, slope, message", [
+    ([0.0, 2.0, 6.0, 8.0, 10.0], 0.0,
+     r"uneven slice spacing \(2.00 mm, but 4.00 mm between s1.dcm and s2.dcm\): slices are "
+     r"missing"),
+    ([0.0, 2.0, 2.0, 4.0, 6.0], 0.0, "has 1 slice\\(s\\) at the same position as another"),
+    ([0.0, 2.0, 4.0, 6.0, 8.0], np.tan(np.radians(10.0)), "gantry tilt of 10.0 degrees"),
+])
+def test_dicom_series_with_a_wrong_geometry_is_refused(tmp_path, capfd, heights, slope,
+                                                       message):
+    # The series reader would build an evenly spaced, untilted grid from such slices, and
+    # every volume measured on it would be wrong.
+    v = ct(shape=(5, 16, 16), spacing=(2.0, 0.5, 0.5))
+    _write_dicom_series(tmp_path, v, [(0.0, slope * h, h) for h in heights])
+    with pytest.raises(InputError, match=message) as err:
+        read_volume(tmp_path)
+    assert "\n" not in str(err.value)
+    assert capfd.readouterr().err == ""          # nor a reader's warning before it
 
 
 def test_errors_are_one_line_and_name_the_problem(tmp_path):
