@@ -211,6 +211,14 @@ def _read_dicom_series(folder: Path):
     # Take the series with the most slices (a folder may also hold a scout or dose report).
     files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
     if len(files) < 2:
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        info.ReadImageInformation()
+        frames = info.GetMetaData("0028|0008").strip() if info.HasMetaDataKey("0028|0008") else ""
+        if frames.isdigit() and int(frames) > 1:
+            raise InputError(f"DICOM series in {folder} is one multi-frame (enhanced) file of "
+                             f"{int(frames)} frames, whose slice geometry AutoCAC does not read: "
+                             f"load it in 3D Slicer and save it as NRRD")
         raise InputError(f"DICOM series in {folder} has a single slice: a 3D image is needed")
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()

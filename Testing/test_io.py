@@ -115,6 +115,14 @@ def test_dicom_series_with_a_wrong_geometry_is_refused(tmp_path, capfd, heights,
     assert capfd.readouterr().err == ""          # nor a reader's warning before it
 
 
+def test_multi_frame_dicom_file_is_refused_by_name(tmp_path):
+    image = sitk.GetImageFromArray(ct(shape=(5, 16, 16)).array.astype(np.int16))
+    image.SetMetaData("0008|0060", "CT")
+    sitk.WriteImage(image, str(tmp_path / "enhanced.dcm"))
+    with pytest.raises(InputError, match="one multi-frame .enhanced. file of 5 frames"):
+        read_volume(tmp_path)
+
+
 def test_errors_are_one_line_and_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_volume(tmp_path / "missing.nrrd")
