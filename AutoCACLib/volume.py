@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 #: a CT in Hounsfield units (for example a label map or an MR image).
 _MIN_AIR_HU = -500.0
 _SPACING_TOLERANCE = 0.1     # relative spread of DICOM slice distances still called even
+_SPACING_ROUNDING_MM = 0.15  # ... or absolute (positions written to 0.1 mm: 0.1 off)
 _MAX_TILT_DEG = 0.5          # slices stacked this far off their normal are a gantry tilt
 
 
@@ -283,7 +284,8 @@ def _check_slice_positions(reader, files, folder: Path) -> None:
         raise InputError(f"DICOM series in {folder} has {int(same.sum())} slice(s) at the same "
                          f"position as another (two reconstructions or acquisitions in one "
                          f"series?): put each series in its own folder")
-    uneven = np.flatnonzero(np.abs(gaps - typical) > _SPACING_TOLERANCE * typical)
+    slack = max(_SPACING_TOLERANCE * typical, _SPACING_ROUNDING_MM)
+    uneven = np.flatnonzero(np.abs(gaps - typical) > slack)
     if len(uneven):
         i = int(uneven[0])
         raise InputError(f"DICOM series in {folder} has uneven slice spacing ({typical:.2f} mm, "

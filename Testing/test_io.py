@@ -96,6 +96,13 @@ def test_dicom_series_keeps_kvp(tmp_path):
     assert r.spacing[0] == pytest.approx(2.0)
 
 
+def test_dicom_positions_rounded_to_a_tenth_of_a_mm_are_even(tmp_path):
+    # 0.625 mm slices whose positions a writer rounded to 0.1 mm: 0.6 and 0.7 mm apart.
+    v = ct(shape=(6, 16, 16), spacing=(0.625, 0.5, 0.5))
+    _write_dicom_series(tmp_path, v, [(0.0, 0.0, round(0.625 * k, 1)) for k in range(6)])
+    assert read_volume(tmp_path).shape == (6, 16, 16)
+
+
 @pytest.mark.parametrize("heights, slope, message", [
     ([0.0, 2.0, 6.0, 8.0, 10.0], 0.0,
      r"uneven slice spacing \(2.00 mm, but 4.00 mm between s1.dcm and s2.dcm\): slices are "
