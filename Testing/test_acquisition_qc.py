@@ -40,15 +40,28 @@ def test_no_cut_when_the_tree_stays_inside():
     assert field_of_view_cuts(index, SPACING, ("LM", "LAD", "LCx", "RCA")) == []
 
 
-def _heart_like(rng, shape=(100, 150, 150)):
-    """Blood pools and walls whose outline drifts slowly along z, fat around, CT noise."""
-    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+def _grid(shape):
+    return np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+
+
+def _scan(rng, shape, pools):
+    """Fat; for each pool (distance map, wall limit, blood limit) a wall and contrast blood
+    where the distance is below each limit; CT noise."""
     image = np.full(shape, -60.0, np.float32)
-    for cy, cx, r, drift in ((60, 60, 22, 0.10), (85, 95, 15, -0.08), (50, 105, 9, 0.05)):
-        d = np.hypot(y - cy - drift * z, x - cx + drift * z)
-        image[d < r + 4] = 110.0                      # wall
-        image[d < r - 0.05 * z / 10] = 380.0          # contrast blood, narrowing
+    for d, wall, blood in pools:
+        image[d < wall] = 110.0
+        image[d < blood] = 380.0
     return image + ndimage.gaussian_filter(rng.normal(0, 40, shape), 0.7).astype(np.float32)
+
+
+def _heart_like(rng, shape=(100, 150, 150)):
+    """Blood pools and walls whose outline drifts slowly along z (blood narrowing), fat
+    around, CT noise."""
+    z, y, x = _grid(shape)
+    return _scan(rng, shape, [(np.hypot(y - cy - drift * z, x - cx + drift * z), r + 4,
+                               r - 0.05 * z / 10)
+                              for cy, cx, r, drift in ((60, 60, 22, 0.10), (85, 95, 15, -0.08),
+                                                       (50, 105, 9, 0.05))])
 
 
 def test_step_between_slabs_is_found_where_it_is_and_measured():
@@ -93,14 +106,12 @@ def test_steady_drift_of_tilted_anatomy_is_not_a_step():
 
 def _chambers(rng, shape=(100, 150, 150)):
     """Rounded blood pools whose cross-sections grow and shrink along z, fat, CT noise."""
-    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
-    image = np.full(shape, -60.0, np.float32)
-    for c, r in (((50, 60, 60), (45, 30, 28)), ((40, 90, 95), (35, 20, 22)),
-                 ((65, 50, 105), (25, 12, 12))):
-        d = np.sqrt(sum(((g - ci) / ri) ** 2 for g, ci, ri in zip((z, y, x), c, r)))
-        image[d < 1.15] = 110.0                       # wall
-        image[d < 1.0] = 380.0                        # contrast blood
-    return image + ndimage.gaussian_filter(rng.normal(0, 40, shape), 0.7).astype(np.float32)
+    grid = _grid(shape)
+    return _scan(rng, shape, [(np.sqrt(sum(((g - ci) / ri) ** 2 for g, ci, ri in
+                                           zip(grid, c, r))), 1.15, 1.0)
+                              for c, r in (((50, 60, 60), (45, 30, 28)),
+                                           ((40, 90, 95), (35, 20, 22)),
+                                           ((65, 50, 105), (25, 12, 12)))])
 
 
 def test_slices_that_do_not_join_are_found_where_they_are():
