@@ -160,19 +160,32 @@ def _score_table(ax, scores: dict) -> None:
 
 
 def _warnings(ax, warnings: list[str], y: float) -> None:
-    """The warnings, wrapped, from ``y`` down; those that do not fit above the footer are
-    counted instead (all of them are in scores.json)."""
+    """The warnings, wrapped, from ``y`` down to the footer; the first that does not fit is
+    cut short ("…") and those after it are counted (all of them are in scores.json)."""
+    room = int((y - 0.04) / 0.05 + 1e-9)        # lines above the footer
+
+    def line(text):
+        nonlocal y
+        ax.text(0, y, text, fontsize=9, va="top", color="darkorange")
+        y -= 0.05
+
     for i, w in enumerate(warnings):
-        parts = textwrap.wrap(w, 80)
-        more = i < len(warnings) - 1   # keep a line for the count
-        if y - 0.05 * (len(parts) + more) < 0.04:
-            ax.text(0, y, f"(+{len(warnings) - i} more warnings in scores.json)", fontsize=9,
-                    va="top", color="darkorange")
-            return
-        for k, part in enumerate(parts):
-            ax.text(0, y, ("⚠ " if k == 0 else "   ") + part, fontsize=9, va="top",
-                    color="darkorange")
-            y -= 0.05
+        parts = [("⚠ " if k == 0 else "   ") + part
+                 for k, part in enumerate(textwrap.wrap(w, 80))]
+        after = len(warnings) - i - 1
+        if len(parts) + bool(after) <= room:      # whole, and a line left for a count
+            for part in parts:
+                line(part)
+            room -= len(parts)
+            continue
+        fit = max(room - 1, 0)                   # a line kept for the note below
+        for part in parts[:fit - 1]:
+            line(part)
+        if fit:
+            line(parts[fit - 1] + " …")
+        left = after + (not fit)
+        line(f"(+{left} more warnings in scores.json)" if left else "(full text in scores.json)")
+        return
 
 
 def _footer(ax) -> None:

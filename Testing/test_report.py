@@ -58,3 +58,21 @@ def test_many_warnings_stay_above_the_footer():
     shown = sum(t.get_text().startswith("⚠") for t in texts)
     assert f"(+{12 - shown} more" in texts[-1].get_text()
     plt.close(fig)
+
+
+def test_a_warning_too_long_for_the_room_is_cut_short_not_hidden():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from AutoCACLib.report import _warnings
+
+    fig, ax = plt.subplots()
+    warning = "slab artefact: " + "the slices do not join at this height " * 7
+    _warnings(ax, [warning], 0.23)               # where a scored case's warnings start
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[0].startswith("⚠ slab artefact: the slices do not join")
+    assert texts[-2].endswith(" …") and texts[-1] == "(full text in scores.json)"
+    assert min(t.get_position()[1] for t in ax.texts) >= 0.04
+    plt.close(fig)
