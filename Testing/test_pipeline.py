@@ -111,16 +111,17 @@ def test_image_without_aorta_fails_with_a_reason(models):
     assert result.scores["failure_reason"]
 
 
-def _tree_middle_slice(case) -> int:
+def _tree_slice(case, fraction: float = 0.5) -> int:
+    """The axial slice ``fraction`` of the way up the true coronary tree."""
     vessels = np.isin(case.ccta_labels, list(VESSEL_LABEL.values()))
     z = np.flatnonzero(vessels.any(axis=(1, 2)))
-    return int(z[0] + z[-1]) // 2
+    return int(z[0] + fraction * (z[-1] - z[0]))
 
 
 def test_field_of_view_cutting_through_the_heart_fails_with_a_reason(small_case, models):
     # A scan that stops half-way down the heart: the arteries run off its bottom edge while
     # still wide, and their calcium beyond the image would be missing.
-    v, cut = small_case.ccta, _tree_middle_slice(small_case)
+    v, cut = small_case.ccta, _tree_slice(small_case)
     origin = np.asarray(v.origin) + np.asarray(v.direction) @ [0.0, 0.0, cut * v.spacing[0]]
     upper = Volume(v.array[cut:].copy(), v.spacing, tuple(origin), v.direction, v.kvp,
                    dict(v.metadata))
@@ -136,7 +137,7 @@ def test_step_between_heartbeats_fails_as_motion_artefact(small_case, models):
     # The upper half of the scan comes from a heartbeat 4 mm away from the lower half's.
     from scipy import ndimage
 
-    v, z = small_case.ccta, _tree_middle_slice(small_case)
+    v, z = small_case.ccta, _tree_slice(small_case)
     moved = v.array.copy()
     moved[z:] = ndimage.shift(moved[z:], (0, 2.4 / v.spacing[1], 3.2 / v.spacing[2]),
                               order=1, mode="nearest")
@@ -153,10 +154,8 @@ def test_step_between_heartbeats_fails_as_motion_artefact(small_case, models):
 def test_slab_skipped_between_heartbeats_is_a_warning(small_case, models):
     # 6 mm of the heart missing where two heartbeats' slabs meet: scored, with a warning.
     v = small_case.ccta
-    vessels = np.isin(small_case.ccta_labels, list(VESSEL_LABEL.values()))
-    z = np.flatnonzero(vessels.any(axis=(1, 2)))
     # (above the middle: on this coarse case the networks find only the upper arteries)
-    k, gap = int(np.percentile(z, 60)), int(round(6.0 / v.spacing[0]))
+    k, gap = _tree_slice(small_case, 0.6), int(round(6.0 / v.spacing[0]))
     skipped = np.concatenate([v.array[:k], v.array[k + gap:]])
     result = run_pipeline(Volume(skipped, v.spacing, v.origin, v.direction, v.kvp,
                                  dict(v.metadata)), device="cpu", models=models)
