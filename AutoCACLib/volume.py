@@ -233,7 +233,7 @@ def _read_dicom_series(folder: Path):
     _check_slice_positions(reader, files, folder)
 
     def tag(key):
-        return reader.GetMetaData(0, key).strip() if reader.HasMetaDataKey(0, key) else None
+        return _dicom_tag(reader, key)
 
     metadata = {k: v for k, v in {
         "modality": tag("0008|0060"),
@@ -254,6 +254,12 @@ def _read_dicom_series(folder: Path):
     return image, kvp, metadata
 
 
+def _dicom_tag(reader, key: str, index: int = 0) -> str | None:
+    """The value of DICOM tag ``key`` ("gggg|eeee") in slice ``index`` of a series reader,
+    stripped, or None."""
+    return reader.GetMetaData(index, key).strip() if reader.HasMetaDataKey(index, key) else None
+
+
 def _check_slice_positions(reader, files, folder: Path) -> None:
     """Raise InputError unless the series' slices lie evenly spaced along their normal.
 
@@ -262,10 +268,9 @@ def _check_slice_positions(reader, files, folder: Path) -> None:
     tilt would give an image whose geometry, and so every volume and score, is wrong.
     """
     def vector(i, key):
-        if not reader.HasMetaDataKey(i, key):
-            return None
+        text = _dicom_tag(reader, key, i)
         try:
-            return np.array([float(v) for v in reader.GetMetaData(i, key).split("\\")])
+            return None if text is None else np.array([float(v) for v in text.split("\\")])
         except ValueError:
             return None
 
