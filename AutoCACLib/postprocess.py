@@ -33,10 +33,14 @@ angle, location and attenuation; anatomical labelling):
 4. **Labelling.** Geodesic distance from the ostia along the tree cuts it into bands of
    ``band_mm``; the connected parts of each band are the nodes of a tree graph (a
    skeleton-free branch structure). Each ostium's territory is the RCA or the left tree by
-   majority vote of the network labels; in a left tree, a dynamic program assigns LM, LAD or
-   LCx to every node, minimising the number of network votes overruled subject to anatomy:
-   below an LM node come LM, LAD or LCx, below an LAD only LAD, below an LCx only LCx (side
-   branches belong to their parent vessel). A piece connected only to the RCA is RCA.
+   majority vote of the network labels. A dynamic program assigns LM, LAD, LCx or RCA to
+   every node, minimising the number of network votes overruled subject to anatomy: a left
+   tree starts as LM (or LAD and LCx from separate ostia), a right tree as the RCA; below an
+   LM node come LM, LAD or LCx, below any other vessel only that vessel (side branches
+   belong to their parent vessel). One exception, at a price of ``meeting_mm3`` in votes:
+   the RCA and the LCx meet near the crux, and where the tree runs from the RCA on into the
+   distal LCx of a left-dominant heart, the stretch beyond the meeting may be LCx, to its
+   ends.
 
 Arrays are indexed ``[z, y, x]`` with ``spacing`` ``(z, y, x)`` in mm (see
 :mod:`AutoCACLib.volume`); every parameter is in mm or degrees. The work is done on the
@@ -63,9 +67,21 @@ from .structuring import ball, bounding_box, box_around, surface_voxels
 
 #: Vessel indices of the output label map (not the segment label values of ``segments``).
 LM, LAD, LCX, RCA = 1, 2, 3, 4
-_LEFT = (LM, LAD, LCX)
-#: Labels allowed on a node below a node of each left vessel.
-_CHILDREN = {LM: (LM, LAD, LCX), LAD: (LAD,), LCX: (LCX,)}
+#: Vessel of each state of the labelling program: the four vessels from their own ostium
+#: (state ``v - 1`` for vessel ``v``), then the LCx reached from the RCA (the tree joined
+#: them where they meet, near the crux of a left-dominant heart).
+_STATE_VESSEL = np.array([LM, LAD, LCX, RCA, LCX])
+_MET_LCX = 4
+#: States allowed on a node below a node in each state: anatomy (side branches belong to
+#: their parent vessel) ...
+_CHILDREN = {0: (0, 1, 2), 1: (1,), 2: (2,), 3: (3,), _MET_LCX: (_MET_LCX,)}
+#: ... and, at a cost, where the RCA runs on into the LCx. Not the other way: the network
+#: calls the posterior groove RCA whatever the dominance, so its RCA votes on a distal LCx
+#: prove nothing (on seed 37000 they would have relabelled 2 left-dominant LCx correctly
+#: labelled by the tree), while its LCx votes there go against that habit.
+_MEETINGS = {3: (_MET_LCX,)}
+#: States allowed at the ostium of a left and of a right tree.
+_LEFT_ROOTS, _RIGHT_ROOTS = (0, 1, 2), (3,)
 _FULL_NAMES = {
     "LM": "left main coronary artery",
     "LAD": "left anterior descending artery",
@@ -166,6 +182,11 @@ class PostprocessParams:
     min_ostium_mm3 : float
         A contact with the aorta of at least this volume is a major ostium (a vessel of 1 mm
         radius crossing the ostium margin gives about 6 mm^3); smaller contacts are specks.
+    meeting_mm3 : float
+        Where the tree runs from the RCA on into the LCx (joined near the crux, where they
+        meet in a left-dominant heart), the stretch beyond the meeting is LCx when the
+        network's votes there favour the LCx by at least this volume (about 10 mm of a
+        vessel 1 mm in radius: its votes on the distal vessels are mixed).
     """
 
     ostium_margin_mm: float = 2.0
@@ -193,6 +214,7 @@ class PostprocessParams:
     unusable_removed_fraction: float = 0.5
     max_ostia: int = 4
     min_ostium_mm3: float = 5.0
+    meeting_mm3: float = 30.0
 
 
 @dataclass
@@ -915,12 +937,15 @@ def _label_tree(tree, net, aorta, spacing, params) -> tuple[np.ndarray, _TreeFac
     node_territory[node] = territory
     node_votes = np.zeros((n_nodes, RCA + 1))
     np.add.at(node_votes, (node, votes), 1)
-    node_label = np.zeros(n_nodes, dtype=np.uint8)
+    node_state = np.full(n_nodes, -1)
     is_node = node_band >= 0
-    node_label[is_node & right[np.maximum(node_territory, 0)]] = RCA
-    left_nodes = np.flatnonzero(is_node & ~right[np.maximum(node_territory, 0)])
-    node_label[left_nodes] = _assign_left(left_nodes, parent, node_band, node_votes)
-    labels[tree] = _voxel_labels(coords, node, node_label, votes, spacing, 2.0 * band_mm)
+    node_right = is_node & right[np.maximum(node_territory, 0)]
+    nodes = np.flatnonzero(is_node)
+    meeting_votes = params.meeting_mm3 / float(np.prod(spacing))
+    node_state[nodes] = _assign_states(nodes, node_right[nodes], parent, node_band,
+                                       node_votes, meeting_votes)
+    node_label = np.where(is_node, _STATE_VESSEL[node_state], 0).astype(np.uint8)
+    labels[tree] = _voxel_labels(coords, node_state[node], votes, spacing, 2.0 * band_mm)
 
     vessel_length = np.bincount(
         node_label[is_node], weights=_node_lengths(coords, node, dist, parent, spacing)[is_node],
@@ -930,25 +955,30 @@ def _label_tree(tree, net, aorta, spacing, params) -> tuple[np.ndarray, _TreeFac
     return labels, _TreeFacts(
         n_ostia=n_ostia,
         n_major_ostia=int(np.count_nonzero(contact_mm3 >= params.min_ostium_mm3)),
-        left_ostium=bool(len(left_nodes)),
-        right_ostium=bool(np.any(node_label == RCA)),
+        left_ostium=bool(np.any(is_node & ~node_right)),
+        right_ostium=bool(np.any(node_right)),
         n_fragments=int(pieces),
         lengths={v: float(vessel_length[v]) for v in range(1, RCA + 1)})
 
 
-def _voxel_labels(coords, node, node_label, votes, spacing, reach_mm) -> np.ndarray:
-    """Per voxel: its node's label, except where the network calls a voxel of an LM node LAD
-    or LCx (the first voxels of the branches, where the bands still join them): there the
-    label of the nearest LAD or LCx voxel within ``reach_mm``, so that the network's border
-    between trunk and branches is kept but the branch is decided by the tree."""
-    labels = node_label[node]
-    trunk = np.flatnonzero((labels == LM) & np.isin(votes, (LAD, LCX)))
-    branch = np.flatnonzero(np.isin(labels, (LAD, LCX)))
-    if len(trunk) and len(branch):
-        dist, nearest = cKDTree(coords[branch] * spacing).query(
-            coords[trunk] * spacing, distance_upper_bound=reach_mm)
-        found = np.isfinite(dist)
-        labels[trunk[found]] = labels[branch[nearest[found]]]
+def _voxel_labels(coords, state, votes, spacing, reach_mm) -> np.ndarray:
+    """Per voxel: the vessel of its node's ``state``, except near two borders that the band
+    nodes draw too coarsely, where the network's border is kept and the tree decides the
+    vessel. A voxel of an LM node that the network calls LAD or LCx (the first voxels of
+    the branches, where the bands still join them) takes the label of the nearest LAD or LCx
+    voxel within ``reach_mm``. A voxel beyond a meeting of the RCA and the LCx that the
+    network calls RCA stays RCA within ``reach_mm`` of the RCA.
+    """
+    labels = np.where(state >= 0, _STATE_VESSEL[state], 0).astype(np.uint8)
+    borders = (((labels == LM) & np.isin(votes, (LAD, LCX)), np.isin(labels, (LAD, LCX))),
+               ((state == _MET_LCX) & (votes == RCA), state == RCA - 1))
+    for near, far in borders:
+        near, far = np.flatnonzero(near), np.flatnonzero(far)
+        if len(near) and len(far):
+            dist, nearest = cKDTree(coords[far] * spacing).query(
+                coords[near] * spacing, distance_upper_bound=reach_mm)
+            found = np.isfinite(dist)
+            labels[near[found]] = labels[far[nearest[found]]]
     return labels
 
 
@@ -988,26 +1018,40 @@ def _node_parents(node, band, rows, cols, same_territory, n_nodes) -> np.ndarray
     return parent
 
 
-def _assign_left(nodes, parent, node_band, node_votes) -> np.ndarray:
-    """LM, LAD or LCx for each node of the left trees, overruling the fewest network votes.
+def _assign_states(nodes, right, parent, node_band, node_votes, meeting_votes) -> np.ndarray:
+    """The state (:data:`_STATE_VESSEL`) of each node: its vessel, overruling the fewest
+    network votes.
 
-    Dynamic programming on the node tree: a node's cost for a label is the votes it overrules
-    plus, for each child, the cheapest label allowed below it (:data:`_CHILDREN`). On ties a
-    node keeps its parent's label (a root prefers LM). Column ``k`` of the cost table is
-    vessel ``k + 1``.
+    Dynamic programming on the node forest over the states of :data:`_STATE_VESSEL`: a
+    node's cost for a state is the votes it overrules plus, for each child, the cheapest
+    state allowed below it (:data:`_CHILDREN`; a switch of :data:`_MEETINGS`, where the
+    RCA runs on into the LCx, costs ``meeting_votes`` more). A root starts
+    in LM, LAD or LCx on a left tree (``right`` False) and in the RCA on a right one. On
+    ties a node keeps its parent's state (a left root prefers LM).
     """
-    cost = node_votes[nodes][:, 1:].sum(axis=1)[:, None] - node_votes[nodes][:, 1:RCA]
-    allowed_columns = {a: np.array(_CHILDREN[a]) - 1 for a in _LEFT}
+    n_states = len(_STATE_VESSEL)
+    step = np.full((n_states, n_states), np.inf)
+    for state, below in _CHILDREN.items():
+        step[state, list(below)] = 0.0
+    for state, below in _MEETINGS.items():
+        step[state, list(below)] = meeting_votes
+    votes = node_votes[nodes]
+    cost = votes[:, 1:].sum(axis=1)[:, None] - votes[:, _STATE_VESSEL]
     position = {int(v): i for i, v in enumerate(nodes)}
     above = np.array([position.get(int(parent[v]), -1) for v in nodes], dtype=int)
     order = np.argsort(-node_band[nodes], kind="stable")
     for i in order:
         if above[i] >= 0:
-            cost[above[i]] += [cost[i][allowed_columns[a]].min() for a in _LEFT]
-    chosen = np.zeros(len(nodes), dtype=np.uint8)
+            cost[above[i]] += (cost[i][None, :] + step).min(axis=1)
+    state = np.zeros(len(nodes), dtype=int)
     for i in order[::-1]:
-        inherited = int(chosen[above[i]]) if above[i] >= 0 else LM
-        columns = allowed_columns[inherited] if above[i] >= 0 else np.array(_LEFT) - 1
-        best = columns[np.argmin(cost[i][columns])]
-        chosen[i] = inherited if cost[i][inherited - 1] <= cost[i][best] else best + 1
-    return chosen
+        if above[i] >= 0:
+            inherited = state[above[i]]
+            total = cost[i] + step[inherited]
+        else:
+            inherited = _RIGHT_ROOTS[0] if right[i] else _LEFT_ROOTS[0]
+            total = np.full(n_states, np.inf)
+            roots = list(_RIGHT_ROOTS if right[i] else _LEFT_ROOTS)
+            total[roots] = cost[i][roots]
+        state[i] = inherited if total[inherited] <= total.min() else int(np.argmin(total))
+    return state

@@ -334,6 +334,24 @@ def test_flipped_labels_are_relabelled_by_connectivity(scene):
                           scene.truth[~scene.near_bifurcation])
 
 
+@pytest.mark.parametrize("vessel, into, length_mm, relabelled", [
+    (RCA, LCX, 12.0, True), (RCA, LCX, 4.0, False), (LCX, RCA, 12.0, False)])
+def test_lcx_the_rca_runs_into_keeps_the_network_label(scene, vessel, into, length_mm,
+                                                       relabelled):
+    # The tree runs from the RCA's end on into the distal LCx of a left-dominant heart, which
+    # the network calls LCx. Long enough to be sure of (12 mm: 54 mm^3), it is LCx; a short
+    # stretch (4 mm: 18 mm^3 + its cap) takes the tree's label. A distal stretch of the LCx
+    # that the network calls RCA stays LCx (the network calls the posterior groove RCA).
+    end = np.asarray(VESSEL_PATHS[vessel][-1], dtype=float)
+    direction = np.array([-0.6, 0.0, 0.8])
+    stretch = scene.add_tube([end, end + length_mm * direction], 1.2, into, ARTERY_HU)
+    result = scene.run()
+    assert np.mean(result.labels[stretch] == (into if relabelled else vessel)) > 0.9
+    assert np.all(result.labels[(scene.labels == vessel) & ~scene.near_bifurcation] == vessel)
+    assert _agreement(result, scene, into) > 0.95
+    assert result.qc.right_ostium and result.qc.left_ostium and result.qc.missing == ()
+
+
 def test_missing_rca_is_reported(scene):
     scene.labels[scene.labels == RCA] = 0
     result = scene.run()
