@@ -336,8 +336,7 @@ def test_flipped_labels_are_relabelled_by_connectivity(scene):
 
 @pytest.mark.parametrize("vessel, into, length_mm, relabelled", [
     (RCA, LCX, 12.0, True), (RCA, LCX, 4.0, False), (LCX, RCA, 12.0, False)])
-def test_lcx_the_rca_runs_into_keeps_the_network_label(scene, vessel, into, length_mm,
-                                                       relabelled):
+def test_stretch_beyond_a_meeting_of_rca_and_lcx(scene, vessel, into, length_mm, relabelled):
     # The tree runs from the RCA's end on into the distal LCx of a left-dominant heart, which
     # the network calls LCx. Long enough to be sure of (12 mm: 54 mm^3), it is LCx; a short
     # stretch (4 mm: 18 mm^3 + its cap) takes the tree's label. A distal stretch of the LCx
