@@ -67,21 +67,22 @@ from .structuring import ball, bounding_box, box_around, surface_voxels
 
 #: Vessel indices of the output label map (not the segment label values of ``segments``).
 LM, LAD, LCX, RCA = 1, 2, 3, 4
-#: Vessel of each state of the labelling program: the four vessels from their own ostium
-#: (state ``v - 1`` for vessel ``v``), then the LCx reached from the RCA (the tree joined
-#: them where they meet, near the crux of a left-dominant heart).
+#: States of the labelling program: the four vessels from their own ostium, then the LCx
+#: reached from the RCA (the tree joined them where they meet, near the crux of a
+#: left-dominant heart); and the vessel each state labels.
+_LM_STATE, _LAD_STATE, _LCX_STATE, _RCA_STATE, _MET_LCX = range(5)
 _STATE_VESSEL = np.array([LM, LAD, LCX, RCA, LCX])
-_MET_LCX = 4
 #: States allowed on a node below a node in each state: anatomy (side branches belong to
 #: their parent vessel) ...
-_CHILDREN = {0: (0, 1, 2), 1: (1,), 2: (2,), 3: (3,), _MET_LCX: (_MET_LCX,)}
+_CHILDREN = {_LM_STATE: (_LM_STATE, _LAD_STATE, _LCX_STATE), _LAD_STATE: (_LAD_STATE,),
+             _LCX_STATE: (_LCX_STATE,), _RCA_STATE: (_RCA_STATE,), _MET_LCX: (_MET_LCX,)}
 #: ... and, at a cost, where the RCA runs on into the LCx. Not the other way: the network
 #: calls the posterior groove RCA whatever the dominance, so its RCA votes on a distal LCx
 #: prove nothing (on seed 37000 they would have relabelled 2 left-dominant LCx correctly
 #: labelled by the tree), while its LCx votes there go against that habit.
-_MEETINGS = {3: (_MET_LCX,)}
+_MEETINGS = {_RCA_STATE: (_MET_LCX,)}
 #: States allowed at the ostium of a left and of a right tree.
-_LEFT_ROOTS, _RIGHT_ROOTS = (0, 1, 2), (3,)
+_LEFT_ROOTS, _RIGHT_ROOTS = (_LM_STATE, _LAD_STATE, _LCX_STATE), (_RCA_STATE,)
 _FULL_NAMES = {
     "LM": "left main coronary artery",
     "LAD": "left anterior descending artery",
@@ -971,7 +972,7 @@ def _voxel_labels(coords, state, votes, spacing, reach_mm) -> np.ndarray:
     """
     labels = np.where(state >= 0, _STATE_VESSEL[state], 0).astype(np.uint8)
     borders = (((labels == LM) & np.isin(votes, (LAD, LCX)), np.isin(labels, (LAD, LCX))),
-               ((state == _MET_LCX) & (votes == RCA), state == RCA - 1))
+               ((state == _MET_LCX) & (votes == RCA), state == _RCA_STATE))
     for near, far in borders:
         near, far = np.flatnonzero(near), np.flatnonzero(far)
         if len(near) and len(far):
