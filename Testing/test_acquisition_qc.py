@@ -54,6 +54,13 @@ def _scan(rng, shape, pools):
     return image + ndimage.gaussian_filter(rng.normal(0, 40, shape), 0.7).astype(np.float32)
 
 
+def _heart_box(shape):
+    """The box a coronary tree spans in the synthetic hearts below (the checks search it)."""
+    tree = np.zeros(shape, bool)
+    tree[10:90, 30:120, 30:120] = True
+    return tree
+
+
 def _heart_like(rng, shape=(100, 150, 150)):
     """Blood pools and walls whose outline drifts slowly along z (blood narrowing), fat
     around, CT noise."""
@@ -67,8 +74,7 @@ def _heart_like(rng, shape=(100, 150, 150)):
 def test_step_between_slabs_is_found_where_it_is_and_measured():
     rng = np.random.default_rng(3)
     image = _heart_like(rng)
-    tree = np.zeros(image.shape, bool)
-    tree[10:90, 30:120, 30:120] = True
+    tree = _heart_box(image.shape)
     assert slab_artefacts(Volume(image, SPACING), tree) == ([], [])
     for shift_mm, severe in ((1.6, False), (3.5, True)):
         stepped = image.copy()
@@ -88,8 +94,7 @@ def test_anatomy_that_changes_is_not_a_step():
     image = _heart_like(rng)
     image[:50] = 60.0 + ndimage.gaussian_filter(rng.normal(0, 40, image[:50].shape), 0.7)
     image[:50, 100:110, 20:40] = 300.0                # a hepatic vessel
-    tree = np.zeros(image.shape, bool)
-    tree[10:90, 30:120, 30:120] = True
+    tree = _heart_box(image.shape)
     assert slab_artefacts(Volume(image, SPACING), tree)[0] == []
 
 
@@ -99,8 +104,7 @@ def test_steady_drift_of_tilted_anatomy_is_not_a_step():
     image = _heart_like(rng)
     for z in range(len(image)):
         image[z] = ndimage.shift(image[z], (0, 0.5 * (z - 50) / 0.4), order=1, mode="nearest")
-    tree = np.zeros(image.shape, bool)
-    tree[10:90, 30:120, 30:120] = True
+    tree = _heart_box(image.shape)
     assert slab_artefacts(Volume(image, SPACING), tree)[0] == []
 
 
@@ -117,8 +121,7 @@ def _chambers(rng, shape=(100, 150, 150)):
 def test_slices_that_do_not_join_are_found_where_they_are():
     rng = np.random.default_rng(6)
     image = _chambers(rng)
-    tree = np.zeros(image.shape, bool)
-    tree[10:90, 30:120, 30:120] = True
+    tree = _heart_box(image.shape)
     assert slab_artefacts(Volume(image, SPACING), tree) == ([], [])
     skipped = np.concatenate([image[:50], image[56:]])           # 3 mm of the heart missing
     misplaced = np.concatenate([image[:50], image[44:]])         # a slab 3 mm too low
