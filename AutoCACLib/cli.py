@@ -102,7 +102,7 @@ def _cmd_phantom(args) -> int:
     folders = write_cohort(args.outdir, args.n, args.seed, args.size,
                            progress=lambda i, n, folder: print(f"[{i}/{n}] {folder}",
                                                                file=sys.stderr),
-                           jobs=args.jobs)
+                           jobs=args.jobs, dominance=args.dominance)
     print(f"wrote {len(folders)} case(s) to {args.outdir}")
     return 0
 
@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="cases made in parallel (about 2 GB each for clinical cases); complete "
                         "case folders already in OUTDIR are kept, so a cohort resumes or grows")
+    p.add_argument("--dominance", choices=("right", "left"), default=None,
+                   help="force every heart's coronary dominance (default: drawn, right 85%%)")
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("rescan", help="scan each synthetic case's patient with a second CSCT: "

@@ -190,7 +190,7 @@ def test_write_case_reads_back(typical, tmp_path):
 def test_write_cohort_uses_derived_seeds(typical, tmp_path, monkeypatch):
     seeds = []
 
-    def fake_make_case(seed, size):
+    def fake_make_case(seed, size, dominance=None):
         seeds.append((seed, size))
         return typical
 
@@ -206,10 +206,11 @@ def test_write_cohort_uses_derived_seeds(typical, tmp_path, monkeypatch):
 def test_write_cohort_resumes_and_grows(typical, tmp_path, monkeypatch):
     made = []
 
-    def fake_make_case(seed, size):
+    def fake_make_case(seed, size, dominance=None):
         made.append(seed)
         case = copy.deepcopy(typical)
         case.truth["seed"] = seed
+        case.truth["dominance"] = dominance or "right"
         return case
 
     monkeypatch.setattr(case_module, "make_case", fake_make_case)
@@ -224,6 +225,37 @@ def test_write_cohort_resumes_and_grows(typical, tmp_path, monkeypatch):
     # Another cohort seed does not reuse these folders.
     write_cohort(tmp_path, 1, 8, "small")
     assert made[-1] == case_seed(8, 0)
+    # Nor does a cohort of forced left-dominant hearts; asking for it again keeps them.
+    write_cohort(tmp_path, 1, 8, "small", dominance="left")
+    assert made[-1] == case_seed(8, 0) and len(made) == 6
+    write_cohort(tmp_path, 1, 8, "small", dominance="left")
+    assert len(made) == 6
+    assert json.loads((tmp_path / "cohort.json").read_text())["dominance"] == "left"
+
+
+def _arc_mm(points) -> float:
+    return float(np.linalg.norm(np.diff(np.asarray(points), axis=0), axis=1).sum())
+
+
+def test_forced_dominance_moves_the_posterior_groove(typical):
+    drawn = typical.truth["dominance"]
+    other = "left" if drawn == "right" else "right"
+    # Forcing the drawn dominance changes nothing: the draw is made either way.
+    same = make_case(11, "small", dominance=drawn)
+    np.testing.assert_array_equal(same.ccta.array, typical.ccta.array)
+    forced = make_case(11, "small", dominance=other)
+    assert forced.truth["dominance"] == other
+    hearts = {drawn: typical, other: forced}
+    arcs = {d: {name: _arc_mm(hearts[d].truth["centerlines_lps_mm"][name]["points"])
+                for name in ("LCx", "RCA")} for d in hearts}
+    # The left-dominant heart's LCx runs on through the posterior groove; its RCA stops short.
+    assert arcs["left"]["LCx"] > arcs["right"]["LCx"] + 30
+    assert arcs["left"]["RCA"] < arcs["right"]["RCA"] - 30
+    # A rescan rebuilds the forced heart, not the drawn one.
+    rescan = rescan_reference(forced.truth, 1).agatston["total"]
+    assert rescan == pytest.approx(forced.truth["reference"]["agatston"]["total"], rel=0.35, abs=5)
+    with pytest.raises(ValueError, match="dominance"):
+        make_case(11, "small", dominance="co")
 
 
 def test_write_cohort_in_parallel_matches_serial(tmp_path):

@@ -68,7 +68,7 @@ def _rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
 
 
 def build_anatomy(rng: np.random.Generator, kvp: float, burden=None,
-                  lumen_hu: float | None = None) -> Anatomy:
+                  lumen_hu: float | None = None, dominance: str | None = None) -> Anatomy:
     """A random patient.
 
     Parameters
@@ -80,6 +80,8 @@ def build_anatomy(rng: np.random.Generator, kvp: float, burden=None,
         Calcium burden (see :func:`AutoCACLib.phantom.calcium.target_agatston`).
     lumen_hu : float, optional
         Force the aortic lumen CT number at ``kvp``.
+    dominance : {"right", "left"}, optional
+        Force the coronary dominance (see :func:`build_coronaries`).
     """
     kvp = nearest_kvp(kvp)
     if lumen_hu is None:
@@ -92,7 +94,7 @@ def build_anatomy(rng: np.random.Generator, kvp: float, burden=None,
     thorax = build_body(rng)
     heart = build_heart(rng, thorax.sternum_y, thorax.spine_y, enhancement)
     move_spine_back(thorax, heart.spine_y)
-    tree = build_coronaries(rng, heart, enhancement)
+    tree = build_coronaries(rng, heart, enhancement, dominance)
     ventricles = heart.frame.ventricles
     heart_bottom = ventricles.center[2] - float(np.linalg.norm(ventricles.rotation[2]
                                                                * ventricles.semi))

@@ -18,6 +18,7 @@ from ..segments import AORTA_LABEL, CALCIUM_LABEL, SegmentSpec, VESSEL_LABEL, VE
 from ..volume import Volume, write_volume
 from .anatomy import build_anatomy
 from .calcium import EXTRA_REGION
+from .coronary import DOMINANCES
 from .layers import (AORTA, BLOOD_POOL, EXTRA_CALCIUM, MYOCARDIUM, PULMONARY_ARTERY, VEIN,
                      calcium_tag, lumen_tag)
 from .materials import KVPS
@@ -85,14 +86,18 @@ def _draw(seed: int, size: str, overrides: dict):
     """The patient and both protocols of case ``seed``: (kVp, anatomy, CCTA, CSCT protocol)."""
     if size not in SIZES:
         raise ValueError(f"unknown phantom size {size!r}; use one of {sorted(SIZES)}")
-    unknown = set(overrides) - {"kvp", "burden", "lumen_hu", "ccta_noise_hu", "csct_noise_hu"}
+    unknown = set(overrides) - {"kvp", "burden", "lumen_hu", "dominance", "ccta_noise_hu",
+                                "csct_noise_hu"}
     if unknown:
         raise TypeError(f"unknown overrides: {sorted(unknown)}")
+    if overrides.get("dominance") not in (None, *DOMINANCES):
+        raise ValueError(f"dominance must be one of {DOMINANCES}, got {overrides['dominance']!r}")
     rng = np.random.default_rng(seed)
     kvp = int(overrides.get("kvp") or rng.choice(KVPS, p=KVP_SHARES))
     if kvp not in KVPS:
         raise ValueError(f"kVp must be one of {KVPS}, got {kvp}")
-    anatomy = build_anatomy(rng, kvp, overrides.get("burden"), overrides.get("lumen_hu"))
+    anatomy = build_anatomy(rng, kvp, overrides.get("burden"), overrides.get("lumen_hu"),
+                            overrides.get("dominance"))
     ccta_p = ccta_protocol(rng, size, anatomy, kvp, overrides.get("ccta_noise_hu"))
     csct_p = csct_protocol(rng, size, anatomy, overrides.get("csct_noise_hu"))
     return kvp, anatomy, ccta_p, csct_p
@@ -117,7 +122,8 @@ def make_case(seed: int, size: str = "clinical", **overrides) -> PhantomCase:
         at 0.40-0.50 mm; "small": about 128 x 128 at 1 mm for fast tests.
     **overrides
         ``kvp`` (80, 100, 120), ``burden`` (a category label such as ">400" or a target
-        Agatston score), ``lumen_hu`` (aortic lumen CT number), ``ccta_noise_hu``,
+        Agatston score), ``lumen_hu`` (aortic lumen CT number), ``dominance`` ("right" or
+        "left": the artery that supplies the posterior groove), ``ccta_noise_hu``,
         ``csct_noise_hu``.
 
     Returns
@@ -251,7 +257,8 @@ def rescan_reference(truth: dict, repeat: int = 1) -> CalciumScore:
     if repeat < 1:
         raise InputError(f"rescan number must be at least 1, got {repeat}")
     seed, size = int(truth["seed"]), truth["size"]
-    _, anatomy, _, _ = _draw(seed, size, {})
+    # The case's dominance is forced too: for a case that drew it, that changes nothing.
+    _, anatomy, _, _ = _draw(seed, size, {"dominance": truth.get("dominance")})
     if round(anatomy.target_agatston, 2) != truth["target_agatston"]:
         raise InputError(f"case with seed {seed} was not made from its seed alone (overrides?); "
                          "its patient cannot be rebuilt for a rescan")
@@ -300,17 +307,20 @@ def _index_entry(name: str, truth: dict) -> dict:
             "category": truth["category"], "agatston": truth["reference"]["agatston"]["total"]}
 
 
-def _written_truth(folder: Path, seed: int) -> dict | None:
-    """``truth.json`` of a complete case folder drawn with ``seed`` (written last), or None."""
+def _written_truth(folder: Path, seed: int, dominance: str | None) -> dict | None:
+    """``truth.json`` of a complete case folder drawn with ``seed`` (written last) and, when
+    forced, ``dominance``; else None."""
     try:
         truth = json.loads((folder / "truth.json").read_text())
     except (OSError, ValueError):
         return None
-    return truth if truth.get("seed") == seed else None
+    if truth.get("seed") != seed or dominance not in (None, truth.get("dominance")):
+        return None
+    return truth
 
 
-def _write_indexed(outdir: Path, index: int, seed: int, size: str) -> dict:
-    case = make_case(case_seed(seed, index), size)
+def _write_indexed(outdir: Path, index: int, seed: int, size: str, dominance: str | None) -> dict:
+    case = make_case(case_seed(seed, index), size, dominance=dominance)
     folder = write_case(case, outdir / f"case_{index:03d}")
     return _index_entry(folder.name, case.truth)
 
@@ -330,20 +340,23 @@ def _completed(function: Callable, calls: list[tuple], jobs: int):
             yield k, function(*args)
 
 
-def _made(outdir: Path, todo: list[int], seed: int, size: str, jobs: int):
+def _made(outdir: Path, todo: list[int], seed: int, size: str, dominance: str | None,
+          jobs: int):
     """Make and write the cases ``todo``; yield ``(index, cohort entry)`` as each is done."""
-    calls = [(outdir, i, seed, size) for i in todo]
+    calls = [(outdir, i, seed, size, dominance) for i in todo]
     for k, entry in _completed(_write_indexed, calls, jobs):
         yield todo[k], entry
 
 
 def write_cohort(outdir: str | os.PathLike, n: int, seed: int, size: str = "clinical",
                  progress: Callable[[int, int, Path], None] | None = None,
-                 jobs: int = 1) -> list[Path]:
+                 jobs: int = 1, dominance: str | None = None) -> list[Path]:
     """Write ``n`` cases into ``outdir/case_000`` ...; case i uses :func:`case_seed`.
 
-    Case folders already complete with the right seed are kept, so an interrupted cohort
-    resumes and a cohort grows by asking for a larger ``n``. ``jobs`` cases are made in
+    ``dominance`` ("right" or "left") forces every heart's dominance, e.g. for a cohort of
+    left-dominant hearts; by default each case draws its own. Case folders already complete
+    with the right seed (and forced dominance) are kept, so an interrupted cohort resumes and
+    a cohort grows by asking for a larger ``n``. ``jobs`` cases are made in
     parallel (processes; a clinical case needs about 2 GB). ``progress(i, n, folder)`` is
     called after each case. Also writes ``cohort.json`` (seed, size and per-case seed, kVp
     and reference category).
@@ -352,16 +365,17 @@ def write_cohort(outdir: str | os.PathLike, n: int, seed: int, size: str = "clin
     folders = [outdir / f"case_{i:03d}" for i in range(n)]
     kept = {}
     for i, folder in enumerate(folders):
-        truth = _written_truth(folder, case_seed(seed, i))
+        truth = _written_truth(folder, case_seed(seed, i), dominance)
         if truth is not None:
             kept[i] = _index_entry(folder.name, truth)
     todo = [i for i in range(n) if i not in kept]
     index: list[dict | None] = [None] * n
-    for done, (i, entry) in enumerate(chain(kept.items(), _made(outdir, todo, seed, size, jobs)),
-                                      start=1):
+    made = _made(outdir, todo, seed, size, dominance, jobs)
+    for done, (i, entry) in enumerate(chain(kept.items(), made), start=1):
         index[i] = entry
         if progress is not None:
             progress(done, n, folders[i])
     (outdir / "cohort.json").write_text(json.dumps({"seed": seed, "size": size, "n": n,
+                                                    "dominance": dominance or "drawn",
                                                     "cases": index}, indent=1))
     return folders
