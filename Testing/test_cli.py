@@ -85,12 +85,16 @@ def test_agreement_command(tmp_path):
 
 
 def test_phantom_and_rescan_commands(tmp_path):
-    r = autocac("phantom", tmp_path / "cohort", "--n", "2", "--seed", "3", "--size", "small")
+    r = autocac("phantom", tmp_path / "cohort", "--n", "2", "--seed", "3", "--size", "small",
+                "--dominance", "left")
     assert r.returncode == 0, r.stderr
     case = tmp_path / "cohort" / "case_000"
     for name in ("ccta.nrrd", "csct.nrrd", "labels.seg.nrrd", "truth.json"):
         assert (case / name).is_file(), name
     assert "[2/2]" in r.stderr
+    for k in range(2):
+        truth = json.loads((tmp_path / "cohort" / f"case_00{k}" / "truth.json").read_text())
+        assert truth["dominance"] == "left"
     r = autocac("phantom", tmp_path / "c2", "--n", "0")
     assert r.returncode == 2 and "--n" in r.stderr
 
