@@ -25,11 +25,14 @@ angle, location and attenuation; anatomical labelling):
    compatible vessel across a longer gap (``contrast_gap_mm``) when a minimal-cost path
    there stays contrast-filled (as bright as the dimmer of the lumens it joins) nearly all
    the way and does not run through a chamber: the network often misses a stretch of a
-   patent vessel, and such a path is the vessel itself. Pieces that never join are removed.
-   Joining repeats until nothing changes, so chains of pieces reconnect. A part of the
-   tree that then touches the aorta but spans less than ``min_root_mm`` is a bump on the
-   aortic wall (the network takes the blooming of aortic-wall calcium for an ostium), not a
-   vessel, and is removed.
+   patent vessel, and such a path is the vessel itself. Joining repeats until nothing
+   changes, so chains of pieces reconnect; then pieces may join any vessel by the same
+   tests, again until nothing changes: the network's votes on a detached distal piece are
+   its least reliable (a left-dominant heart's distal LCx or obtuse marginal voted RCA or
+   LAD), and step 4 names a piece by where it hangs. Pieces that never join are removed. A
+   part of the tree that then touches the aorta but spans less than ``min_root_mm`` is a
+   bump on the aortic wall (the network takes the blooming of aortic-wall calcium for an
+   ostium), not a vessel, and is removed.
 4. **Labelling.** Geodesic distance from the ostia along the tree cuts it into bands of
    ``band_mm``; the connected parts of each band are the nodes of a tree graph (a
    skeleton-free branch structure). Each ostium's territory is the RCA or the left tree by
@@ -163,6 +166,9 @@ class PostprocessParams:
         Extra cost of a gap-filling path through a voxel darker than the lumen (0: straight).
     max_path_ratio : float
         A gap-filling path longer than this times the straight gap is replaced by a line.
+    any_vessel_reconnection : bool
+        Pieces that cannot join a vessel their network votes may continue join any vessel
+        (same gap, direction and contrast tests) once nothing more joins the typed way.
     min_root_mm : float
         A connected part of the reconnected tree that touches the aorta and fits in a box
         with a shorter diagonal is a stub on the aortic wall and is removed (no vessel worth
@@ -208,6 +214,7 @@ class PostprocessParams:
     direction_radius_mm: float = 4.0
     path_cost_weight: float = 10.0
     max_path_ratio: float = 1.5
+    any_vessel_reconnection: bool = True
     min_root_mm: float = 8.0
     band_mm: float = 2.0
     min_vessel_length_mm: float = 10.0
@@ -640,29 +647,33 @@ def _reconnect(tree, pieces, net, img, aorta, spacing, params, removed) -> int:
 
     A piece joins across a short gap whose directions agree (:func:`_find_link`) or, failing
     that, across a longer gap along a contrast-filled path (:func:`_find_contrast_link`).
+    First only to a vessel the piece's network votes may continue; when nothing more joins
+    that way (and ``any_vessel_reconnection``), to any vessel (see the module docstring).
     The pieces that never join are counted in ``removed`` by their last reason.
     """
     pending = list(range(len(pieces)))
     reasons = {}
     joined = 0
-    progress = True
-    while progress and pending:
-        progress = False
-        for k in list(pending):
-            link, reason = _find_link(pieces[k], tree, net, aorta, spacing, params)
-            if link is not None:
-                _bridge(pieces[k], *link, tree, img, aorta, spacing, params)
-            else:
-                path = _find_contrast_link(pieces[k], tree, net, img, spacing, params)
-                if path is None:
-                    reasons[k] = reason
-                    continue
-                _bridge(pieces[k], path[-1], path[0], False, tree, img, aorta, spacing, params,
-                        path)
-            tree[tuple(pieces[k].coords.T)] = True
-            pending.remove(k)
-            joined += 1
-            progress = True
+    for typed in (True, False) if params.any_vessel_reconnection else (True,):
+        progress = True
+        while progress and pending:
+            progress = False
+            for k in list(pending):
+                link, reason = _find_link(pieces[k], tree, net, aorta, spacing, params, typed)
+                if link is not None:
+                    _bridge(pieces[k], *link, tree, img, aorta, spacing, params)
+                else:
+                    path = _find_contrast_link(pieces[k], tree, net, img, spacing, params,
+                                               typed)
+                    if path is None:
+                        reasons[k] = reason
+                        continue
+                    _bridge(pieces[k], path[-1], path[0], False, tree, img, aorta, spacing,
+                            params, path)
+                tree[tuple(pieces[k].coords.T)] = True
+                pending.remove(k)
+                joined += 1
+                progress = True
     for k in pending:
         removed[reasons[k]] += 1
     return joined
@@ -689,8 +700,9 @@ def _compatible(a: int, b: int) -> bool:
     return a == b or (LM in (a, b) and RCA not in (a, b))
 
 
-def _find_link(piece, tree, net, aorta, spacing, params):
-    """The nearest tree (or aorta) voxel a piece may be joined to.
+def _find_link(piece, tree, net, aorta, spacing, params, typed: bool = True):
+    """The nearest tree (or aorta) voxel a piece may be joined to (when ``typed``, only if
+    the piece's vessel may continue the one the network votes for there).
 
     Returns ``((p, q, to_aorta), None)`` with ``p`` the piece's voxel and ``q`` the target
     voxel, or ``(None, reason)`` with reason ``unconnected``, ``direction`` or
@@ -725,7 +737,7 @@ def _find_link(piece, tree, net, aorta, spacing, params):
                 axis = -axis
             if _angle_deg(axis, gap) > params.max_angle_deg:
                 return None, "direction"
-    if not _fits_vessel(piece, net, tree_points):
+    if typed and not _fits_vessel(piece, net, tree_points):
         return None, "vessel type"
     return (p, q, to_aorta), None
 
@@ -762,21 +774,22 @@ def _fits_vessel(piece, net, points: np.ndarray) -> bool:
     return not votes.any() or _compatible(piece.label, int(np.argmax(votes)) + 1)
 
 
-def _find_contrast_link(piece, tree, net, img, spacing, params):
+def _find_contrast_link(piece, tree, net, img, spacing, params, typed: bool = True):
     """A contrast-filled path (k x 3 voxels, tree end first) from the tree to a piece.
 
-    The nearest tree voxel within ``contrast_gap_mm`` whose network label may continue the
-    piece's vessel is joined by a minimal-cost path that follows contrast; the path counts
+    The nearest tree voxel within ``contrast_gap_mm`` (when ``typed``, whose network label
+    may continue the piece's vessel) is joined by a minimal-cost path that follows contrast; the path counts
     when it is not much longer than the gap, keeps nearly all the way at least
     ``min_path_lumen_ratio`` of the dimmer of the two lumens it joins (a distal vessel is
     dimmer than a plaque's halo makes a piece look), does not run through a chamber
-    (``max_path_pool_fraction``), and the network's votes around the tree end agree.
-    Returns the path, or None.
+    (``max_path_pool_fraction``), and (when ``typed``) the network's votes around the tree
+    end agree. Returns the path, or None.
     """
     if params.contrast_gap_mm <= 0 or piece.core_hu <= 0:
         return None
+    fits = (lambda s: _fits_label(piece, net[tuple(s.T)])) if typed else None
     surface, dist, nearest = _surface_near(piece, params.contrast_gap_mm, spacing, tree,
-                                           fits=lambda s: _fits_label(piece, net[tuple(s.T)]))
+                                           fits=fits)
     if dist is None:
         return None
     i = int(np.argmin(dist))
@@ -784,7 +797,7 @@ def _find_contrast_link(piece, tree, net, img, spacing, params):
         return None
     p, q = piece.coords[i], surface[nearest[i]]
     tree_end = _neighbourhood(tree, q, params.direction_radius_mm, spacing)
-    if not _fits_vessel(piece, net, tree_end):
+    if typed and not _fits_vessel(piece, net, tree_end):
         return None
     lumen_hu = min(piece.core_hu, _lumen_hu(img[tuple(tree_end.T)], None, params))
     pad = np.ceil(_POOL_MARGIN_MM / spacing).astype(int) + 1
