@@ -39,8 +39,7 @@ blood: a rib, the sternum, a calcified valve), when the whole region goes. Calci
 aortic lumen at the ostia), nor does a calcification that touches that margin and stays
 within ``aorta_reach_mm`` of the aorta: it lies in the aortic wall (whose outer part the
 margin does not always cover, the aorta mask being uncertain by about a voxel), whereas an
-ostial plaque runs on into the vessel and keeps its part beyond the margin. The aortic wall
-is cut out first, before the tests above, so that an ostial plaque is judged on its own. What was removed
+ostial plaque runs on into the vessel and keeps its part beyond the margin. What was removed
 that way is reported as a warning. Candidate regions smaller than ``min_volume_mm3`` are
 dropped.
 """
@@ -347,41 +346,6 @@ def _threshold_free(image, lumen, aorta, sp, params) -> dict:
             "zone": depth <= outer, "rim": (depth <= outer) & (depth > outer - float(sp.max()))}
 
 
-def _cut_aortic_wall(candidate, aorta, sp, params) -> float:
-    """Remove the aortic wall's calcium from the candidates (in place); return its volume.
-
-    Voxels within ``aorta_margin_mm`` of the aorta go first; then every region they touched
-    that stays within ``aorta_reach_mm`` of the aorta goes whole (the wall's outer part). Cut
-    before the tests of neighbouring structures, so that an ostial plaque is judged without
-    the wall calcium it touches (which would make it reach past the growth margin, or touch
-    something brighter than contrast blood, and drop it whole).
-    """
-    surface = surface_voxels(aorta)
-    found = np.argwhere(candidate)
-    if not len(surface) or not len(found):
-        return 0.0
-    gap, _ = cKDTree(surface * sp).query(found * sp)
-    gap[aorta[tuple(found.T)]] = 0.0
-    near = gap <= params.aorta_margin_mm
-    if not near.any():
-        return 0.0
-    candidate[tuple(found[near].T)] = 0
-    rest, rest_gap = found[~near], gap[~near]
-    parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
-    cut = np.zeros(candidate.shape, dtype=bool)
-    cut[tuple(found[near].T)] = True
-    box = bounding_box(cut, 1)
-    touching = np.zeros(n + 1, dtype=bool)
-    touching[parts[box][ndi.binary_dilation(cut[box], np.ones((3, 3, 3)))]] = True
-    touching[0] = False
-    part = parts[tuple(rest.T)]
-    reach = np.zeros(n + 1)
-    np.maximum.at(reach, part, rest_gap)
-    wall = touching[part] & (reach[part] <= params.aorta_reach_mm)
-    candidate[tuple(rest[wall].T)] = 0
-    return float(near.sum() + wall.sum()) * float(np.prod(sp))
-
-
 def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                    centerlines_by_vessel: Mapping[str, Sequence[Centerline]],
                    calibration_factor: float, aorta_mask: np.ndarray | None = None,
@@ -468,7 +432,6 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
                        for a in (voxels, nearest))
     candidate = np.zeros(img.shape, dtype=np.uint8)
     candidate[tuple(voxels.T)] = point_vessel[nearest]
-    aortic_mm3 = 0.0 if aorta is None else _cut_aortic_wall(candidate, aorta, sp, params)
     beyond = cache["beyond"]
     parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     merged = np.unique(parts[beyond & (parts > 0)])
@@ -491,13 +454,30 @@ def detect_calcium(image: np.ndarray, spacing, vessel_labels: np.ndarray,
     candidate[~keep[parts]] = 0  # whole regions go: ``parts`` still labels those kept
 
     detection = CalciumDetection(out, profiles)
-    if aortic_mm3 > 0:
-        detection.excluded_near_aorta_mm3 = aortic_mm3
-        detection.warnings.append(
-            f"{aortic_mm3:.1f} mm^3 of calcium-like voxels at the aortic wall (within "
-            f"{params.aorta_margin_mm:g} mm of the aorta, or in calcifications within "
-            f"{params.aorta_reach_mm:g} mm of it) excluded")
     voxel_mm3 = float(np.prod(sp))
+    if aorta is not None:
+        surface = surface_voxels(aorta)
+        found = np.argwhere(candidate)
+        if len(surface) and len(found):
+            gap, _ = cKDTree(surface * sp).query(found * sp)
+            gap[aorta[tuple(found.T)]] = 0.0
+            near = gap <= params.aorta_margin_mm
+            if near.any():
+                # Whole calcifications that touch the margin but never leave the aortic wall.
+                part = parts[tuple(found.T)]
+                reach = np.zeros(n + 1)
+                np.maximum.at(reach, part, gap)
+                touching = np.zeros(n + 1, dtype=bool)
+                touching[part[near]] = True
+                near |= touching[part] & (reach[part] <= params.aorta_reach_mm)
+                candidate[tuple(found[near].T)] = 0
+                detection.excluded_near_aorta_mm3 = float(near.sum()) * voxel_mm3
+                detection.warnings.append(
+                    f"{detection.excluded_near_aorta_mm3:.1f} mm^3 of calcium-like voxels "
+                    f"at the aortic wall (within {params.aorta_margin_mm:g} mm of the aorta, or "
+                    f"in calcifications within {params.aorta_reach_mm:g} mm of it) excluded")
+                # Cutting the margin out may split a region in two.
+                parts, n = ndi.label(candidate > 0, structure=np.ones((3, 3, 3)))
     sizes = np.bincount(parts[candidate > 0], minlength=n + 1)
     small = sizes * voxel_mm3 < params.min_volume_mm3
     small[0] = False
