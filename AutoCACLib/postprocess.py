@@ -778,10 +778,10 @@ def _find_contrast_link(piece, tree, net, img, spacing, params, typed: bool = Tr
     """A contrast-filled path (k x 3 voxels, tree end first) from the tree to a piece.
 
     The nearest tree voxel within ``contrast_gap_mm`` (when ``typed``, whose network label
-    may continue the piece's vessel) is joined by a minimal-cost path that follows contrast; the path counts
-    when it is not much longer than the gap, keeps nearly all the way at least
-    ``min_path_lumen_ratio`` of the dimmer of the two lumens it joins (a distal vessel is
-    dimmer than a plaque's halo makes a piece look), does not run through a chamber
+    may continue the piece's vessel) is joined by a minimal-cost path that follows contrast;
+    the path counts when it is not much longer than the gap, keeps nearly all the way at
+    least ``min_path_lumen_ratio`` of the dimmer of the two lumens it joins (a distal vessel
+    is dimmer than a plaque's halo makes a piece look), does not run through a chamber
     (``max_path_pool_fraction``), and (when ``typed``) the network's votes around the tree
     end agree. Returns the path, or None.
     """
