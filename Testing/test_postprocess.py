@@ -301,6 +301,22 @@ def test_long_gap_joins_the_nearest_branch_of_the_same_vessel(scene):
     assert result.qc.n_reconnected == 1
 
 
+def test_a_piece_joins_its_own_vessel_before_a_nearer_other_one(scene):
+    # Beyond a 3 mm contrast-filled gap past the LAD's end lies an LAD piece; an RCA stretch
+    # (a long RCA reaching round) ends 1.5 mm beyond it, pointing at it. The typed phase
+    # joins the piece to the LAD along the contrast; only a piece that joins nothing of its
+    # own vessel may join the nearer RCA end.
+    start, direction = scene.beyond(LAD, 3.0, 1.0)
+    end = np.asarray(VESSEL_PATHS[LAD][-1], dtype=float)
+    piece = scene.add_tube([start, start + 4.0 * direction], 1.0, LAD, ARTERY_HU)
+    scene.image[scene.tube_mask([end, start], 1.0) & (scene.labels == 0)] = ARTERY_HU
+    tip = start + (4.0 + 1.0 + 1.5 + 0.8) * direction
+    scene.add_tube([VESSEL_PATHS[RCA][-1], tip + 5.0 * direction, tip], 0.8, RCA, ARTERY_HU)
+    result = scene.run()
+    assert np.mean(result.labels[piece] == LAD) > 0.95
+    assert result.qc.n_reconnected == 1
+
+
 def test_piece_across_the_gap_line_is_removed(scene):
     center, direction = scene.beyond(LAD, 3.0, 1.3)
     across = np.cross(direction, (1.0, 0.0, 0.0))
