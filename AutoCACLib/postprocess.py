@@ -653,30 +653,33 @@ def _reconnect(tree, pieces, net, img, aorta, spacing, params, removed) -> int:
     """
     pending = list(range(len(pieces)))
     reasons = {}
-    joined = 0
     for typed in (True, False) if params.any_vessel_reconnection else (True,):
         progress = True
         while progress and pending:
             progress = False
             for k in list(pending):
-                link, reason = _find_link(pieces[k], tree, net, aorta, spacing, params, typed)
-                if link is not None:
-                    _bridge(pieces[k], *link, tree, img, aorta, spacing, params)
-                else:
-                    path = _find_contrast_link(pieces[k], tree, net, img, spacing, params,
-                                               typed)
-                    if path is None:
-                        reasons[k] = reason
-                        continue
-                    _bridge(pieces[k], path[-1], path[0], False, tree, img, aorta, spacing,
-                            params, path)
-                tree[tuple(pieces[k].coords.T)] = True
-                pending.remove(k)
-                joined += 1
-                progress = True
+                reasons[k] = _join(pieces[k], tree, net, img, aorta, spacing, params, typed)
+                if reasons[k] is None:
+                    pending.remove(k)
+                    progress = True
     for k in pending:
         removed[reasons[k]] += 1
-    return joined
+    return len(pieces) - len(pending)
+
+
+def _join(piece, tree, net, img, aorta, spacing, params, typed: bool) -> str | None:
+    """Join one piece to the tree (in place) by a short link or a contrast-filled path;
+    return None when it joined, else why not (:func:`_find_link`'s reason)."""
+    link, reason = _find_link(piece, tree, net, aorta, spacing, params, typed)
+    if link is not None:
+        _bridge(piece, *link, tree, img, aorta, spacing, params)
+    else:
+        path = _find_contrast_link(piece, tree, net, img, spacing, params, typed)
+        if path is None:
+            return reason
+        _bridge(piece, path[-1], path[0], False, tree, img, aorta, spacing, params, path)
+    tree[tuple(piece.coords.T)] = True
+    return None
 
 
 def _drop_stubs(tree, aorta, spacing, params) -> int:
